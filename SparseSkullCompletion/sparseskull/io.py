@@ -1,0 +1,152 @@
+"""Medical image IO with geometry: NRRD, NIfTI, MHA/MHD and DICOM series folders.
+
+SimpleITK does the reading and writing (one well-kept library for every format, with the full
+direction matrix); this module turns its images into :class:`~sparseskull.volume.Volume` values,
+checks them, and writes atomically so that a failure never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from sparseskull.volume import Volume
+
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+class VolumeReadError(ValueError):
+    """A file or folder that cannot be used as a 3D volume; the message names it and says why."""
+
+
+def _sitk():
+    try:
+        import SimpleITK as sitk
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ImportError("SimpleITK is needed for medical image IO: pip install SimpleITK") from exc
+    return sitk
+
+
+def has_image_suffix(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def _read_dicom_series(folder: Path):
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise VolumeReadError(f"{folder}: a folder with no DICOM series in it")
+    # several series: take the one with the most slices (the volume, not a scout)
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    if len(files) < 2:
+        raise VolumeReadError(f"{folder}: the DICOM series has a single slice; a 3D volume needs several")
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def image_to_volume(image, source: str = "image") -> Volume:
+    """A SimpleITK image to a checked Volume (array indexed [i, j, k])."""
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        sitk = _sitk()
+        image = sitk.Extract(image, list(image.GetSize()[:3]) + [0], [0, 0, 0, 0])
+        dim = 3
+    if dim != 3:
+        raise VolumeReadError(f"{source}: a {dim}D image with size {image.GetSize()}; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeReadError(
+            f"{source}: {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector); "
+            "a scalar CT or mask is needed"
+        )
+    if 1 in image.GetSize():
+        raise VolumeReadError(f"{source}: size {image.GetSize()} is a single slice, not a 3D volume")
+    spacing = image.GetSpacing()
+    if min(spacing) <= 0 or not np.all(np.isfinite(spacing)):
+        raise VolumeReadError(f"{source}: voxel spacing {spacing} is zero, negative or not finite")
+    array = _sitk().GetArrayFromImage(image).transpose(2, 1, 0)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    try:
+        return Volume(np.ascontiguousarray(array), spacing, image.GetOrigin(), direction)
+    except ValueError as exc:
+        raise VolumeReadError(f"{source}: {exc}") from exc
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D image file (NRRD, NIfTI, MHA/MHD, ...) or a DICOM series folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    sitk = _sitk()
+    try:
+        if path.is_dir():
+            image = _read_dicom_series(path)
+        else:
+            image = sitk.ReadImage(str(path))
+    except VolumeReadError:
+        raise
+    except RuntimeError as exc:
+        first = next((ln for ln in str(exc).splitlines() if "ERROR" in ln or "Exception" in ln), "")
+        why = first.split(":", 2)[-1].strip() if first else "the image reader could not parse it"
+        raise VolumeReadError(f"{path}: not a readable 3D image ({why})") from None
+    return image_to_volume(image, str(path))
+
+
+def volume_to_image(volume: Volume):
+    sitk = _sitk()
+    array = volume.array
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.SetSpacing(volume.spacing_mm)
+    image.SetOrigin(volume.origin_lps)
+    image.SetDirection(volume.direction.ravel().tolist())
+    return image
+
+
+def _atomic_target(path: Path) -> Path:
+    """A temporary file beside ``path`` with the same (possibly double) suffix."""
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True, compression_level: int = 1) -> Path:
+    """Write with full geometry, atomically (temp file then rename). Masks (bool) become uint8."""
+    path = Path(path)
+    if not has_image_suffix(path):
+        raise ValueError(f"{path}: unknown image format; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if path.name.lower().endswith((".mhd", ".nhdr")):
+        raise ValueError(f"{path}: detached-header formats are not written; use .nrrd, .nii.gz or .mha")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk = _sitk()
+    tmp = _atomic_target(path)
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(str(tmp))
+        writer.SetUseCompression(compress)
+        if compress:
+            writer.SetCompressionLevel(compression_level)
+        writer.Execute(volume_to_image(volume))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_mask(path: str | os.PathLike) -> Volume:
+    """Read a binary mask (any non-zero voxel is foreground) as a bool Volume."""
+    volume = read_volume(path)
+    return volume.with_array(volume.array != 0)
+
+
+def looks_like_mask(volume: Volume) -> bool:
+    """True for a volume whose values are only 0 and 1 (a segmentation, not a CT)."""
+    values = np.unique(volume.array[:: max(1, volume.shape[0] // 64), :, :])
+    return bool(np.all(np.isin(values, (0, 1))))

@@ -1,0 +1,148 @@
+"""Pictures for people: orthogonal slices (matplotlib) and 3D surface renderings (VTK, offscreen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sparseskull.volume import Volume
+
+BONE = (0.93, 0.89, 0.80)
+IMPLANT = (0.95, 0.45, 0.10)
+DEFECT_EDGE = (0.35, 0.60, 0.95)
+
+
+def _downsample_max(mask: np.ndarray, factor: int) -> np.ndarray:
+    if factor <= 1:
+        return mask
+    pad = [(0, (-n) % factor) for n in mask.shape]
+    m = np.pad(mask, pad)
+    s = [n // factor for n in m.shape]
+    return m.reshape(s[0], factor, s[1], factor, s[2], factor).max(axis=(1, 3, 5))
+
+
+def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
+    """A surface of the mask in patient LPS mm (VTK polydata), downsampled for display."""
+    import vtk
+    from vtk.util import numpy_support
+
+    factor = max(1, int(np.ceil(max(mask.shape) / max_voxels)))
+    small = _downsample_max(np.asarray(mask.array, dtype=bool), factor).astype(np.uint8)
+    small = np.pad(small, 1)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*small.shape)
+    image.SetSpacing(1.0, 1.0, 1.0)
+    image.SetOrigin(-1.0, -1.0, -1.0)  # the padding voxel
+    scalars = numpy_support.numpy_to_vtk(small.ravel(order="F"), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    surf = vtk.vtkDiscreteFlyingEdges3D()
+    surf.SetInputData(image)
+    surf.SetValue(0, 1)
+    surf.Update()
+    poly = surf.GetOutput()
+    if smooth and poly.GetNumberOfPoints():
+        sm = vtk.vtkWindowedSincPolyDataFilter()
+        sm.SetInputData(poly)
+        sm.SetNumberOfIterations(15)
+        sm.SetPassBand(0.05)
+        sm.NonManifoldSmoothingOn()
+        sm.NormalizeCoordinatesOn()
+        sm.Update()
+        poly = sm.GetOutput()
+    # voxel index of the downsampled grid -> LPS mm of the original grid
+    affine = mask.ijk_to_lps.copy()
+    affine[:3, :3] = affine[:3, :3] * factor
+    affine[:3, 3] = mask.index_to_lps(np.full((1, 3), (factor - 1) / 2.0))[0]
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, affine[r, c])
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(matrix)
+    tf = vtk.vtkTransformPolyDataFilter()
+    tf.SetInputData(poly)
+    tf.SetTransform(transform)
+    tf.Update()
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputData(tf.GetOutput())
+    normals.Update()
+    return normals.GetOutput()
+
+
+VIEWS = {
+    # name: (camera direction from the focal point in LPS, view-up in LPS)
+    "anterior": ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0)),
+    "left": ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+    "right": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+    "superior": ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0)),
+    "oblique": ((0.6, -0.6, 0.55), (0.0, 0.0, 1.0)),
+    "posterior-oblique": ((-0.55, 0.65, 0.5), (0.0, 0.0, 1.0)),
+}
+
+
+def render_surfaces(
+    layers: Sequence[tuple[Volume, tuple[float, float, float], float]],
+    view: str = "oblique",
+    size: tuple[int, int] = (480, 480),
+) -> np.ndarray:
+    """Render masks as shaded surfaces; ``layers`` = (mask, rgb, opacity). Returns an RGB uint8 image."""
+    import vtk
+    from vtk.util import numpy_support
+
+    renderer = vtk.vtkRenderer()
+    renderer.SetBackground(0.08, 0.09, 0.11)
+    for mask, rgb, opacity in layers:
+        if not np.any(mask.array):
+            continue
+        mapper = vtk.vtkPolyDataMapper()
+        mapper.SetInputData(mask_to_polydata(mask))
+        mapper.ScalarVisibilityOff()
+        actor = vtk.vtkActor()
+        actor.SetMapper(mapper)
+        actor.GetProperty().SetColor(*rgb)
+        actor.GetProperty().SetOpacity(opacity)
+        actor.GetProperty().SetSpecular(0.2)
+        renderer.AddActor(actor)
+    direction, up = VIEWS[view]
+    camera = renderer.GetActiveCamera()
+    camera.SetPosition(*direction)
+    camera.SetFocalPoint(0.0, 0.0, 0.0)
+    camera.SetViewUp(*up)
+    renderer.ResetCamera()
+    camera.Zoom(1.3)
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(*size)
+    window.AddRenderer(renderer)
+    window.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.Update()
+    out = grab.GetOutput()
+    w, h, _ = out.GetDimensions()
+    rgb = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3]
+    window.Finalize()
+    return np.ascontiguousarray(rgb)
+
+
+def slice_views(volume: Volume, position: Sequence[int] | None = None) -> list[tuple[str, np.ndarray, float]]:
+    """Axial, coronal and sagittal slices, oriented for display, with their pixel aspect ratio."""
+    i, j, k = position if position is not None else [n // 2 for n in volume.shape]
+    sx, sy, sz = volume.spacing_mm
+    a = volume.array
+    return [
+        ("axial", a[:, :, k].T, sy / sx),
+        ("coronal", a[:, j, :].T[::-1], sz / sx),
+        ("sagittal", a[i, :, :].T[::-1], sz / sy),
+    ]
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, image)
+    return path

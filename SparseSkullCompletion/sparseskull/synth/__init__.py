@@ -1,0 +1,1 @@
+"""Generated data for what real data cannot cover: skulls, SkullBreak-style defects and CTs."""
