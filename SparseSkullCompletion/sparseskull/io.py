@@ -108,6 +108,12 @@ def volume_to_image(volume: Volume):
     return image
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_target(path: Path) -> Path:
     """A temporary file beside ``path`` with the same (possibly double) suffix."""
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
@@ -133,6 +139,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,
         if compress:
             writer.SetCompressionLevel(compression_level)
         writer.Execute(volume_to_image(volume))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -84,10 +84,13 @@ VIEWS = {
 
 def render_surfaces(
     layers: Sequence[tuple[Volume, tuple[float, float, float], float]],
-    view: str = "oblique",
+    view: str | Sequence[float] = "oblique",
     size: tuple[int, int] = (480, 480),
 ) -> np.ndarray:
-    """Render masks as shaded surfaces; ``layers`` = (mask, rgb, opacity). Returns an RGB uint8 image."""
+    """Render masks as shaded surfaces; ``layers`` = (mask, rgb, opacity). Returns an RGB uint8 image.
+
+    ``view``: a name from VIEWS, or an LPS direction from the object towards the camera.
+    """
     import vtk
     from vtk.util import numpy_support
 
@@ -105,7 +108,11 @@ def render_surfaces(
         actor.GetProperty().SetOpacity(opacity)
         actor.GetProperty().SetSpecular(0.2)
         renderer.AddActor(actor)
-    direction, up = VIEWS[view]
+    if isinstance(view, str):
+        direction, up = VIEWS[view]
+    else:
+        direction = tuple(float(v) for v in view)
+        up = (0.0, 0.0, 1.0) if abs(direction[2]) < 0.95 * np.linalg.norm(direction) else (0.0, -1.0, 0.0)
     camera = renderer.GetActiveCamera()
     camera.SetPosition(*direction)
     camera.SetFocalPoint(0.0, 0.0, 0.0)
@@ -137,6 +144,14 @@ def slice_views(volume: Volume, position: Sequence[int] | None = None) -> list[t
         ("coronal", a[:, j, :].T[::-1], sz / sx),
         ("sagittal", a[i, :, :].T[::-1], sz / sy),
     ]
+
+
+def view_towards(target: Volume, whole: Volume, lift: float = 0.5) -> np.ndarray:
+    """A camera direction that looks at ``target`` (e.g. an implant) from outside ``whole`` (the skull)."""
+    d = target.centroid_lps() - whole.centroid_lps()
+    d = d / max(np.linalg.norm(d), 1e-9)
+    d[2] += lift
+    return d / np.linalg.norm(d)
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:

@@ -1,0 +1,143 @@
+"""`sparseskull make-data`: a generated data set in the SkullBreak layout, with coarse copies and CTs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparseskull import __version__
+from sparseskull.dataset import COMPLETE, CT, DEFECTIVE, IMPLANT
+from sparseskull.io import write_volume
+from sparseskull.resample import downsample_mask
+from sparseskull.synth.ct import synthesize_ct
+from sparseskull.synth.defects import DEFECT_CLASSES, cut_random_defect
+from sparseskull.synth.skull import generate_skull
+
+MANIFEST = "cases.json"
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    out: str
+    index: int
+    seed: int
+    size: int
+    resolutions: tuple[int, ...]
+    ct_classes: tuple[str, ...]
+    threads: int
+
+
+def case_seed(seed: int, index: int) -> int:
+    """The seed of case ``index`` in a data set made with ``seed`` (independent streams per case)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def make_case(job: CaseJob) -> dict:
+    """Generate, cut and write one case; returns its manifest entry."""
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    t0 = time.perf_counter()
+    out, cid = Path(job.out), f"{job.index:03d}"
+    skull = generate_skull(job.seed, size=job.size)
+    complete = skull.mask
+    rng = np.random.default_rng([job.seed, 2])
+    defects = {cls: cut_random_defect(complete, cls, rng, skull.shape.centre_lps) for cls in DEFECT_CLASSES}
+
+    def write_set(root: Path, factor: int) -> None:
+        full = downsample_mask(complete, factor)
+        write_volume(full, root / COMPLETE / f"{cid}.nrrd")
+        for cls, d in defects.items():
+            defective = downsample_mask(d.defective, factor)
+            write_volume(defective, root / DEFECTIVE / cls / f"{cid}.nrrd")
+            write_volume(full.with_array(full.array & ~defective.array), root / IMPLANT / cls / f"{cid}.nrrd")
+
+    write_set(out, 1)
+    for res in job.resolutions:
+        write_set(out / str(res), job.size // res)
+    for cls in job.ct_classes:
+        write_volume(synthesize_ct(defects[cls].defective, seed=job.seed, envelope=complete), out / CT / cls / f"{cid}.nrrd")
+    bone = int(np.count_nonzero(complete.array))
+    return {
+        "id": cid,
+        "seed": job.seed,
+        "shape": list(complete.shape),
+        "spacing_mm": [round(s, 6) for s in complete.spacing_mm],
+        "oblique": bool(not np.allclose(complete.direction, np.eye(3))),
+        "complete_voxels": bone,
+        "implant_voxels": {cls: int(np.count_nonzero(d.implant.array)) for cls, d in defects.items()},
+        "ct": list(job.ct_classes),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def make_data(
+    out: str | os.PathLike,
+    cases: int,
+    seed: int = 0,
+    size: int = 512,
+    resolutions: tuple[int, ...] = (64, 128, 256),
+    ct: str = "one",
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``cases`` generated cases to ``out``; returns the manifest (also written as cases.json).
+
+    ``ct``: 'one' writes the CT of one defective skull per case (the class cycles with the case
+    index), 'all' of every class, 'none' no CT.
+    """
+    if cases < 1:
+        raise ValueError(f"--cases must be at least 1, got {cases}")
+    bad = [r for r in resolutions if r >= size or size % r]
+    if bad:
+        raise ValueError(f"coarse resolutions must divide the grid size {size}: {bad} do not")
+    if ct not in ("one", "all", "none"):
+        raise ValueError(f"ct must be one, all or none; got {ct!r}")
+    out = Path(out)
+    if (out / MANIFEST).exists() or (out / COMPLETE).exists():
+        raise FileExistsError(f"{out}: already holds a data set; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, cases))
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    jobs = []
+    for i in range(cases):
+        ct_classes = {"one": (DEFECT_CLASSES[i % len(DEFECT_CLASSES)],), "all": DEFECT_CLASSES, "none": ()}[ct]
+        jobs.append(CaseJob(str(out), i, case_seed(seed, i), size, tuple(resolutions), ct_classes, threads))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cases, desc="make-data", unit="case", disable=not progress)
+    if workers == 1:
+        entries = []
+        for job in jobs:
+            entries.append(make_case(job))
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            entries = []
+            for entry in pool.map(make_case, jobs):
+                entries.append(entry)
+                bar.update()
+    bar.close()
+    manifest = {
+        "generator": f"sparseskull {__version__}",
+        "seed": seed,
+        "size": size,
+        "resolutions": [size, *resolutions],
+        "defect_classes": list(DEFECT_CLASSES),
+        "layout": "skullbreak",
+        "cases": entries,
+    }
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / MANIFEST)
+    return manifest
