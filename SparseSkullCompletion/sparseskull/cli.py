@@ -15,7 +15,7 @@ def _cmd_make_data(args) -> int:
 
     t0 = time.perf_counter()
     manifest = make_data(
-        args.out, args.cases, seed=args.seed, size=args.size, resolutions=tuple(args.resolutions), ct=args.ct, workers=args.workers
+        args.out, args.cases, seed=args.seed, size=args.size, resolutions=None if args.resolutions is None else tuple(args.resolutions), ct=args.ct, workers=args.workers
     )
     print(f"wrote {len(manifest['cases'])} cases to {args.out} in {time.perf_counter() - t0:.1f} s (manifest: cases.json)")
     return 0
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=10, help="number of skulls (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
     p.add_argument("--size", type=int, default=512, help="in-plane grid size of the full resolution (default 512)")
-    p.add_argument("--resolutions", type=int, nargs="*", default=[64, 128, 256], help="coarse copies to write (default 64 128 256)")
+    p.add_argument("--resolutions", type=int, nargs="*", default=None, help="coarse copies to write (default: 64 128 256, those below --size)")
     p.add_argument("--ct", choices=["one", "all", "none"], default="one", help="CTs: of one defect class per case (default), all, none")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
     p.set_defaults(func=_cmd_make_data)

@@ -8,6 +8,7 @@ checks them, and writes atomically so that a failure never leaves half a file be
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -86,14 +87,28 @@ def read_volume(path: str | os.PathLike) -> Volume:
         if path.is_dir():
             image = _read_dicom_series(path)
         else:
-            image = sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            if path.suffix.lower() in (".mha", ".mhd"):
+                reader.SetImageIO("MetaImageIO")  # ITK picks readers by lower-case suffix only
+            image = reader.Execute()
     except VolumeReadError:
         raise
     except RuntimeError as exc:
-        first = next((ln for ln in str(exc).splitlines() if "ERROR" in ln or "Exception" in ln), "")
-        why = first.split(":", 2)[-1].strip() if first else "the image reader could not parse it"
-        raise VolumeReadError(f"{path}: not a readable 3D image ({why})") from None
+        raise VolumeReadError(f"{path}: not a readable 3D image ({_itk_reason(str(exc))})") from None
     return image_to_volume(image, str(path))
+
+
+def _itk_reason(message: str) -> str:
+    """The human part of an ITK exception message (drop file/line prefixes and object addresses)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if lines and lines[-1].startswith("[nrrd]"):
+        return lines[-1].split(":", 1)[-1].strip()
+    for ln in lines:
+        if "ERROR:" in ln:
+            text = ln.split("ERROR:", 1)[1].strip()
+            return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text) or "the image reader could not parse it"
+    return "the image reader could not parse it"
 
 
 def volume_to_image(volume: Volume):
@@ -116,7 +131,7 @@ def _umask() -> int:
 
 def _atomic_target(path: Path) -> Path:
     """A temporary file beside ``path`` with the same (possibly double) suffix."""
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)

@@ -61,7 +61,7 @@ def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
             matrix.SetElement(r, c, affine[r, c])
     transform = vtk.vtkTransform()
     transform.SetMatrix(matrix)
-    tf = vtk.vtkTransformPolyDataFilter()
+    tf = vtk.vtkTransformFilter()
     tf.SetInputData(poly)
     tf.SetTransform(transform)
     tf.Update()

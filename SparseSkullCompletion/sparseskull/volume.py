@@ -33,8 +33,8 @@ class Volume:
         if len(origin) != 3 or not all(np.isfinite(origin)):
             raise ValueError(f"origin must be three finite numbers (mm); got {self.origin_lps}")
         direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-            raise ValueError(f"direction must be a rotation (|det| = 1); got\n{direction}")
+        if not np.allclose(direction.T @ direction, np.eye(3), rtol=0.0, atol=1e-3):
+            raise ValueError(f"direction must have orthonormal unit columns (spacing is kept apart); got\n{direction}")
         object.__setattr__(self, "spacing_mm", spacing)
         object.__setattr__(self, "origin_lps", origin)
         object.__setattr__(self, "direction", direction)
@@ -75,7 +75,7 @@ class Volume:
 
     def same_grid(self, other: "Volume", atol_mm: float = 1e-4) -> bool:
         """True when both volumes sample the same voxel grid in patient space."""
-        return self.shape == other.shape and np.allclose(self.ijk_to_lps, other.ijk_to_lps, atol=atol_mm)
+        return self.shape == other.shape and np.allclose(self.ijk_to_lps, other.ijk_to_lps, rtol=0.0, atol=atol_mm)
 
     def centroid_lps(self) -> np.ndarray:
         """Centroid of the non-zero voxels in LPS millimetres."""

@@ -139,18 +139,34 @@ class Defect:
     shape: DefectShape
 
 
-def cut(complete: Volume, shape: DefectShape) -> Defect:
+@dataclass(frozen=True)
+class BonePoints:
+    """The bone voxels of a skull and their LPS positions, computed once for many cuts."""
+
+    skull: Volume
+    ijk: np.ndarray
+    lps: np.ndarray
+
+    @classmethod
+    def of(cls, skull: Volume) -> "BonePoints":
+        ijk = np.argwhere(np.asarray(skull.array, dtype=bool))
+        if len(ijk) == 0:
+            raise ValueError("the skull mask is empty: there is no bone to cut a defect from")
+        return cls(skull, ijk, skull.index_to_lps(ijk))
+
+
+def cut(complete: Volume | BonePoints, shape: DefectShape) -> Defect:
     """Cut ``shape`` out of a complete skull: implant = complete AND region, exactly."""
-    bone = np.asarray(complete.array, dtype=bool)
-    ijk = np.argwhere(bone)
-    inside = shape.contains(complete.index_to_lps(ijk))
+    points = complete if isinstance(complete, BonePoints) else BonePoints.of(complete)
+    bone = np.asarray(points.skull.array, dtype=bool)
     implant = np.zeros_like(bone)
-    implant[tuple(ijk[inside].T)] = True
-    return Defect(shape.defect_class, complete.with_array(bone & ~implant), complete.with_array(implant), shape)
+    implant[tuple(points.ijk[shape.contains(points.lps)].T)] = True
+    skull = points.skull
+    return Defect(shape.defect_class, skull.with_array(bone & ~implant), skull.with_array(implant), shape)
 
 
 def cut_random_defect(
-    complete: Volume,
+    complete: Volume | BonePoints,
     defect_class: str,
     rng: np.random.Generator,
     centre_lps=None,
@@ -159,13 +175,12 @@ def cut_random_defect(
     tries: int = 20,
 ) -> Defect:
     """A random defect of ``defect_class`` whose implant holds a plausible share of the bone."""
-    centre = braincase_centre(complete) if centre_lps is None else np.asarray(centre_lps, dtype=np.float64)
-    total = int(np.count_nonzero(complete.array))
-    if total == 0:
-        raise ValueError("the skull mask is empty: there is no bone to cut a defect from")
+    points = complete if isinstance(complete, BonePoints) else BonePoints.of(complete)
+    centre = braincase_centre(points.skull) if centre_lps is None else np.asarray(centre_lps, dtype=np.float64)
+    total = len(points.ijk)
     best = None
     for _ in range(tries):
-        defect = cut(complete, random_defect_shape(defect_class, centre, rng))
+        defect = cut(points, random_defect_shape(defect_class, centre, rng))
         fraction = np.count_nonzero(defect.implant.array) / total
         if min_fraction <= fraction <= max_fraction:
             return defect

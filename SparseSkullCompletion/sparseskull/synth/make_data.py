@@ -14,9 +14,9 @@ import numpy as np
 from sparseskull import __version__
 from sparseskull.dataset import COMPLETE, CT, DEFECTIVE, IMPLANT
 from sparseskull.io import write_volume
-from sparseskull.resample import downsample_mask
+from sparseskull.resample import PAPER_RESOLUTIONS, downsample_mask
 from sparseskull.synth.ct import synthesize_ct
-from sparseskull.synth.defects import DEFECT_CLASSES, cut_random_defect
+from sparseskull.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
 from sparseskull.synth.skull import generate_skull
 
 MANIFEST = "cases.json"
@@ -49,7 +49,8 @@ def make_case(job: CaseJob) -> dict:
     skull = generate_skull(job.seed, size=job.size)
     complete = skull.mask
     rng = np.random.default_rng([job.seed, 2])
-    defects = {cls: cut_random_defect(complete, cls, rng, skull.shape.centre_lps) for cls in DEFECT_CLASSES}
+    points = BonePoints.of(complete)
+    defects = {cls: cut_random_defect(points, cls, rng, skull.shape.centre_lps) for cls in DEFECT_CLASSES}
 
     def write_set(root: Path, factor: int) -> None:
         full = downsample_mask(complete, factor)
@@ -83,16 +84,20 @@ def make_data(
     cases: int,
     seed: int = 0,
     size: int = 512,
-    resolutions: tuple[int, ...] = (64, 128, 256),
+    resolutions: tuple[int, ...] | None = None,
     ct: str = "one",
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Write ``cases`` generated cases to ``out``; returns the manifest (also written as cases.json).
 
+    ``resolutions``: in-plane sizes of the coarse copies (default: 64, 128, 256 where they divide ``size``).
+
     ``ct``: 'one' writes the CT of one defective skull per case (the class cycles with the case
     index), 'all' of every class, 'none' no CT.
     """
+    if resolutions is None:  # the paper's coarse copies that fit under this grid size
+        resolutions = tuple(r for r in PAPER_RESOLUTIONS if r < size and size % r == 0)
     if cases < 1:
         raise ValueError(f"--cases must be at least 1, got {cases}")
     bad = [r for r in resolutions if r >= size or size % r]

@@ -106,7 +106,7 @@ def outer_radius(shape: SkullShape, d: np.ndarray) -> np.ndarray:
     horizontal = np.sqrt((dx / a) ** 2 + (dy / shape.half_length) ** 2)
     top = dz >= 0
     depth = np.where(top, shape.height, shape.base_depth + shape.base_slope * dy)
-    power = np.where(top, 2.4, 5.0).astype(np.float32)
+    power = np.where(top, 2.5, 5.0).astype(np.float32)
     radius = (horizontal**power + (np.abs(dz) / depth) ** power) ** (-1.0 / power)
     return radius * (1.0 + _wave_sum(d, shape.bumps))
 

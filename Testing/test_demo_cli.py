@@ -1,0 +1,77 @@
+"""The README's first command (`sparseskull demo`) and the command line's contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sparseskull import demo
+from sparseskull.io import read_mask
+from sparseskull.sample import load_sample, sample_dir
+
+
+def test_bundled_sample_is_small_complete_and_consistent():
+    files = list(sample_dir().iterdir())
+    assert sum(f.stat().st_size for f in files) < 8 * 2**20, "the sample should stay a few MB"
+    s = load_sample()
+    assert s.ct.array.dtype == np.int16
+    for mask in (s.defective, s.complete, s.implant):
+        assert mask.same_grid(s.ct)
+    assert np.array_equal(s.implant.array, s.complete.array & ~s.defective.array)
+    assert s.implant.array.sum() > 1000
+    assert s.info["defect_class"] == "parietotemporal"
+
+
+def test_demo_writes_mask_picture_and_metrics(tmp_path):
+    out = tmp_path / "demo_out"
+    report = demo.run_demo(out)
+    assert sorted(p.name for p in out.iterdir()) == ["preview.png", "report.json", "skull_mask.nrrd"]
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["mask_dsc_vs_truth"] > 0.9
+    mask = read_mask(out / "skull_mask.nrrd")
+    assert mask.same_grid(load_sample().ct)
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folders left behind"
+
+
+def test_failed_demo_leaves_no_partial_output(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(demo, "preview", broken)
+    with pytest.raises(RuntimeError):
+        demo.run_demo(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_demo_keeps_the_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    demo.run_demo(out, picture=False)
+    before = sorted(p.name for p in out.iterdir())
+    monkeypatch.setattr(demo, "skull_mask_from_ct", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        demo.run_demo(out, picture=False)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_command_is_installed_and_lists_its_subcommands():
+    exe = shutil.which("sparseskull")
+    assert exe, "the sparseskull command is not on PATH: pip install -e ."
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for sub in ("demo", "make-data"):
+        assert sub in help_text
+    module = subprocess.run([sys.executable, "-m", "sparseskull", "--version"], capture_output=True, text=True, check=True)
+    assert module.stdout.startswith("sparseskull ")
+
+
+def test_cli_reports_bad_threshold_without_a_traceback(tmp_path):
+    exe = shutil.which("sparseskull")
+    run = subprocess.run([exe, "demo", "--out", str(tmp_path / "o"), "--threshold-hu", "5000", "--no-picture"], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "bone threshold of 5000 HU" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "o").exists()
