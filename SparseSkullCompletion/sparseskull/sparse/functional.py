@@ -1,0 +1,145 @@
+"""Sparse operations on :class:`SparseTensor` (the portable PyTorch backend).
+
+Every convolution is one gather-GEMM over a neighbour table (``kernel_map``): the features of the
+K neighbours of a block of output points are gathered into a (rows, K * C_in) matrix and multiplied
+by the (K * C_in, C_out) weight. A custom autograd function recomputes those blocks in the backward
+pass instead of keeping them, so memory stays at the features plus the table.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparseskull.sparse.kernel_map import cached_map, downsample_coords, expand_coords
+from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
+
+ROWS_PER_BLOCK = 1 << 16
+
+
+class PointExplosionError(RuntimeError):
+    """A generative layer created more points than the configured cap."""
+
+
+def _blocks(n: int):
+    for start in range(0, n, ROWS_PER_BLOCK):
+        yield slice(start, min(n, start + ROWS_PER_BLOCK))
+
+
+def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tensor) -> torch.Tensor:
+    """out[n] = concat_k(source_pad[table[n, k]]) @ weight2d, block by block (source_pad: zero row appended)."""
+    padded = torch.cat([source, source.new_zeros(1, source.shape[1])])
+    out = source.new_empty(table.shape[0], weight2d.shape[1])
+    for rows in _blocks(table.shape[0]):
+        out[rows] = padded[table[rows]].reshape(rows.stop - rows.start, -1) @ weight2d
+    return out
+
+
+class _SparseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feats, weight, nbr, rev):
+        k, c_in, c_out = weight.shape
+        ctx.save_for_backward(feats, weight, nbr, rev)
+        return _gather_gemm(nbr, feats, weight.reshape(k * c_in, c_out))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        feats, weight, nbr, rev = ctx.saved_tensors
+        k, c_in, c_out = weight.shape
+        grad_out = grad_out.contiguous()
+        grad_feats = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            # input i receives grad_out[rev[i, k]] @ weight[k]^T
+            grad_feats = _gather_gemm(rev, grad_out, weight.transpose(1, 2).reshape(k * c_out, c_in))
+        if ctx.needs_input_grad[1]:
+            padded = torch.cat([feats, feats.new_zeros(1, c_in)])
+            grad_weight = feats.new_zeros(k * c_in, c_out)
+            for rows in _blocks(nbr.shape[0]):
+                cols = padded[nbr[rows]].reshape(rows.stop - rows.start, -1)
+                grad_weight += cols.T @ grad_out[rows]
+            grad_weight = grad_weight.reshape(k, c_in, c_out)
+        return grad_feats, grad_weight, None, None
+
+
+def _check_weight(x: SparseTensor, weight: torch.Tensor, kernel_size: int) -> None:
+    if weight.ndim != 3 or weight.shape[0] != kernel_size**3 or weight.shape[1] != x.feats.shape[1]:
+        raise ValueError(
+            f"weight must be (kernel_size^3={kernel_size**3}, C_in={x.feats.shape[1]}, C_out); got {tuple(weight.shape)}"
+        )
+
+
+def _apply(x: SparseTensor, weight, bias, kmap, out_set: CoordinateSet) -> SparseTensor:
+    feats = _SparseConv.apply(x.feats, weight, kmap.nbr, kmap.rev)
+    if bias is not None:
+        feats = feats + bias
+    return SparseTensor(feats, out_set)
+
+
+def conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel_size: int = 3, stride: int = 1) -> SparseTensor:
+    """Sparse convolution. Stride 1: outputs on the input's coordinates (out[p] = sum_o W[o] x[p + o*s]).
+    Stride 2: outputs on the coarser grid at stride 2s covering the input (out[q] = sum_o W[o] x[q + o*s])."""
+    _check_weight(x, weight, kernel_size)
+    if stride == 1:
+        out_set = x.cset
+    elif stride == 2:
+        out_set = downsample_coords(x.cset, 2)
+    else:
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    kmap = cached_map(x.cset, out_set, kernel_size, x.stride, +1)
+    return _apply(x, weight, bias, kmap, out_set)
+
+
+def generative_conv_transpose(
+    x: SparseTensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    kernel_size: int = 2,
+    stride: int = 2,
+    max_points: int | None = None,
+    level: str = "",
+) -> SparseTensor:
+    """Generative transposed convolution: creates every coordinate the kernel reaches at stride s/2
+    (out[p + o*s/2] += W[o] x[p]), as MinkowskiEngine's MinkowskiGenerativeConvolutionTranspose."""
+    _check_weight(x, weight, kernel_size)
+    if stride != 2:
+        raise ValueError(f"generative transposed convolution supports stride 2, got {stride}")
+    out_set = expand_coords(x.cset, kernel_size, 2)
+    if max_points is not None and len(out_set) > max_points:
+        where = f" at {level}" if level else ""
+        raise PointExplosionError(
+            f"the generative layer{where} created {len(out_set):,} points from {len(x):,}, over the cap of {max_points:,}; "
+            "the network is keeping too much (untrained or out-of-distribution input), or raise the cap"
+        )
+    kmap = cached_map(x.cset, out_set, kernel_size, out_set.stride, -1)
+    return _apply(x, weight, bias, kmap, out_set)
+
+
+def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
+    """Keep the points where ``keep`` is True (features and coordinates, order preserved)."""
+    keep = keep.reshape(-1)
+    if keep.dtype != torch.bool or keep.numel() != len(x):
+        raise ValueError(f"keep must be a bool vector of {len(x)} entries; got {keep.dtype} of {keep.numel()}")
+    return SparseTensor(x.feats[keep], x.cset.subset(keep))
+
+
+def union(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """Points of either tensor; features are summed where both have the point."""
+    if a.stride != b.stride:
+        raise ValueError(f"union needs equal tensor strides; got {a.stride} and {b.stride}")
+    if a.feats.shape[1] != b.feats.shape[1]:
+        raise ValueError(f"union needs equal channel counts; got {a.feats.shape[1]} and {b.feats.shape[1]}")
+    keys, inverse = torch.unique(torch.cat([a.cset.keys, b.cset.keys]), sorted=True, return_inverse=True)
+    feats = a.feats.new_zeros(len(keys), a.feats.shape[1]).index_add(0, inverse, torch.cat([a.feats, b.feats]))
+    return SparseTensor(feats, CoordinateSet(keys, a.stride))
+
+
+def target_mask(x: SparseTensor, target: CoordinateSet) -> torch.Tensor:
+    """For each point of ``x``, whether it lies in ``target`` brought to x's stride (the training target
+    of a generative level: coordinate floor(c / s) * s is occupied in the ground truth)."""
+    if target.stride > x.stride:
+        raise ValueError(f"the target (stride {target.stride}) is coarser than the tensor (stride {x.stride})")
+    level = target
+    while level.stride < x.stride:
+        level = downsample_coords(level, 2)
+    if level.stride != x.stride:
+        raise ValueError(f"strides {target.stride} and {x.stride} are not powers of two apart")
+    return level.lookup(x.cset.keys) < len(level)
