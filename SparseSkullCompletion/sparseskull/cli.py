@@ -37,6 +37,21 @@ def _cmd_make_sample(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from sparseskull.bench import bench_engine
+
+    grids = list(args.grids) + ([512] if args.big else [])
+    result = bench_engine(grids, args.backends, threads=args.threads, json_path=args.json)
+    print(f"{'grid':>5} {'voxels':>9} {'backend':>10} {'map s':>8} {'fwd s':>8} {'fwd+bwd s':>10} {'peak MiB':>9}")
+    for r in result["rows"]:
+        if "fwdbwd_s" in r:
+            print(f"{r['grid']:>5} {r['voxels']:>9} {r['backend']:>10} {r['map_s']:>8.3f} {r['fwd_s']:>8.3f} {r['fwdbwd_s']:>10.3f} {r['peak_mib']:>9.0f}")
+        else:
+            print(f"{r['grid']:>5} {'':>9} {r['backend']:>10}  {r.get('note') or r.get('error')}")
+    print(f"matmul: {result['matmul_gflops']} GFLOP/s on {result['threads']} threads; ratios: {json.dumps(result['ratios'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseskull",
@@ -60,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ct", choices=["one", "all", "none"], default="one", help="CTs: of one defect class per case (default), all, none")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
     p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("bench", help="benchmarks (commands, not tests): `bench engine` times one sparse layer per backend")
+    p.add_argument("what", choices=["engine"], help="engine: one 3x3x3 16->16 layer on ellipsoid shells")
+    p.add_argument("--grids", type=int, nargs="+", default=[128, 256], help="cube sizes (default 128 256)")
+    p.add_argument("--big", action="store_true", help="add 512^3 (about 9 GiB and minutes per backend)")
+    p.add_argument("--backends", nargs="+", default=None, help="torch minkowski dense (default: every installed one, and dense)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--json", default=None, help="write the results as JSON to this file")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("make-sample", help="rebuild the bundled sample (deterministic)")
     p.add_argument("--out", default=None, help="folder (default: the module's Resources/Sample)")

@@ -49,14 +49,67 @@ class KernelMap:
         return int((self.nbr < self.n_in).sum())
 
 
+DENSE_CELLS_PER_POINT = 64
+DENSE_MIN_CELLS = 1 << 22
+"""A dense index grid serves the lookups when it has at most this many cells per point (plus the minimum)."""
+
+
+def _dot(ijk: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+    """Flat index of integer (N, 3) rows (no integer matmul: CUDA has none)."""
+    return ijk[:, 0] * strides[0] + ijk[:, 1] * strides[1] + ijk[:, 2] * strides[2]
+
+
+def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    return -torch.div(-a, b, rounding_mode="floor")
+
+
+def _neighbours(source: CoordinateSet, target: CoordinateSet, offsets: torch.Tensor) -> torch.Tensor:
+    """(N_out, K): row of source at target + offsets[k] (voxel units), or N_in where absent."""
+    n_in, n_out, k = len(source), len(target), len(offsets)
+    dev = source.device
+    if n_in == 0 or n_out == 0:
+        return torch.full((n_out, k), n_in, dtype=torch.int64, device=dev)
+    s = source.stride
+    src, out = source.coords.to(torch.int64), target.coords.to(torch.int64)
+    reach = int(offsets.abs().max())
+    # the table spans the source grid over every point a query can reach
+    lo_src = src[:, 1:].min(dim=0).values
+    lo = lo_src - _ceil_div(lo_src - torch.minimum(lo_src, out[:, 1:].min(dim=0).values - reach), s) * s
+    hi = torch.maximum(src[:, 1:].max(dim=0).values, out[:, 1:].max(dim=0).values + reach)
+    dims = torch.div(hi - lo, s, rounding_mode="floor") + 1
+    batches = max(int(src[-1, 0]), int(out[-1, 0])) + 1
+    cells = batches * int(dims.prod())
+    if cells > DENSE_CELLS_PER_POINT * max(n_in, n_out) + DENSE_MIN_CELLS:
+        query = out[:, None, :].expand(n_out, k, 4).clone()
+        query[:, :, 1:] += offsets[None]
+        return source.lookup(pack(query.reshape(-1, 4))).reshape(n_out, k)
+    strides = torch.tensor([int(dims[1] * dims[2]), int(dims[2]), 1], device=dev)
+    table = torch.full((cells,), n_in, dtype=torch.int32 if n_in < 2**31 - 1 else torch.int64, device=dev)
+    volume = int(dims.prod())
+    table[src[:, 0] * volume + _dot(torch.div(src[:, 1:] - lo, s, rounding_mode="floor"), strides)] = torch.arange(
+        n_in, dtype=table.dtype, device=dev
+    )
+    rel = out[:, 1:] - lo
+    base = out[:, 0] * volume
+    aligned = bool((offsets % s == 0).all()) and bool((rel % s == 0).all())
+    if aligned:  # every query lands on the source grid: one gather for all offsets
+        flat = base + _dot(torch.div(rel, s, rounding_mode="floor"), strides)
+        deltas = _dot(torch.div(offsets, s, rounding_mode="floor"), strides)
+        nbr = table[flat[:, None] + deltas[None, :]].to(torch.int64)
+    else:  # generative maps: queries off the source grid have no neighbour
+        q = rel[:, None, :] + offsets[None]  # (N_out, K, 3)
+        on_grid = (q % s == 0).all(dim=2)
+        q = torch.div(q, s, rounding_mode="floor")
+        flat = base[:, None] + q[..., 0] * strides[0] + q[..., 1] * strides[1] + q[..., 2]
+        nbr = torch.where(on_grid, table[flat].to(torch.int64), torch.full_like(flat, n_in))
+    return nbr
+
+
 def _build(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step: int, sign: int) -> KernelMap:
     """Map where output n reads input at target[n] + sign * offset * step."""
     offsets = kernel_offsets(kernel_size, source.device) * (sign * step)
-    out = target.coords.to(torch.int64)
     n_in, n_out, k = len(source), len(target), len(offsets)
-    query = out[:, None, :].expand(n_out, k, 4).clone()
-    query[:, :, 1:] += offsets[None]
-    nbr = source.lookup(pack(query.reshape(-1, 4))).reshape(n_out, k) if n_out else torch.zeros(0, k, dtype=torch.int64, device=source.device)
+    nbr = _neighbours(source, target, offsets)
     rev = torch.full((n_in + 1, k), n_out, dtype=torch.int64, device=source.device)
     cols = torch.arange(k, device=source.device).expand(n_out, k)
     rows = torch.arange(n_out, device=source.device)[:, None].expand(n_out, k)

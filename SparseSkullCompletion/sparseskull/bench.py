@@ -1,0 +1,168 @@
+"""`sparseskull bench engine`: one 3x3x3 16->16 sparse convolution on ellipsoid shells, per backend.
+
+Each (grid, backend) runs in its own process, so its peak RSS is its own. Times are medians of a
+few repeats on the configured threads; ratios compare backends measured in the same run, because
+absolute CPU times drift on shared machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHANNELS = 16
+KERNEL = 3
+
+
+def shell_coords(grid: int):
+    """Voxels of an ellipsoid shell filling a grid^3 cube (6.65% occupancy, as in the notes' reference measurements)."""
+    import torch
+
+    r = (torch.arange(grid, dtype=torch.float32) - (grid - 1) / 2) / (grid / 2)
+    x, y, z = torch.meshgrid(r / 0.92, r / 0.80, r / 0.86, indexing="ij")
+    rho = torch.sqrt(x * x + y * y + z * z)
+    shell = (rho < 1.0) & (rho > 0.928)
+    idx = shell.nonzero()
+    return torch.cat([torch.zeros(len(idx), 1, dtype=idx.dtype), idx], dim=1), shell
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _run_one(grid: int, backend: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    coords, shell = shell_coords(grid)
+    n = len(coords)
+    feats = torch.randn(n, CHANNELS)
+    weight = torch.randn(KERNEL**3, CHANNELS, CHANNELS) * 0.05
+    row = {"grid": grid, "voxels": n, "backend": backend, "threads": threads}
+    if backend == "dense":
+        dense = torch.zeros(1, CHANNELS, grid, grid, grid)
+        dense[0, :, shell] = feats.T
+        w = weight.reshape(3, 3, 3, CHANNELS, CHANNELS).permute(4, 3, 0, 1, 2).contiguous()
+        x = dense.requires_grad_(True)
+        wd = w.requires_grad_(True)
+        with torch.no_grad():
+            row["fwd_s"] = _timed(lambda: torch.nn.functional.conv3d(x, wd, padding=1))
+        row["map_s"] = 0.0
+
+        def fwdbwd():
+            torch.nn.functional.conv3d(x, wd, padding=1).sum().backward()
+
+        row["fwdbwd_s"] = _timed(fwdbwd)
+    elif backend == "torch":
+        from sparseskull.sparse import SparseTensor, conv
+        from sparseskull.sparse.kernel_map import cached_map
+        from sparseskull.sparse.tensor import CoordinateSet
+
+        def build():
+            cs, _ = CoordinateSet.from_coords(coords)
+            cached_map(cs, cs, KERNEL, 1, +1)
+
+        row["map_s"] = _timed(build)
+        x = SparseTensor.from_coords(coords, feats)
+        w = weight.clone().requires_grad_(True)
+        conv(x, w, None, KERNEL, 1)  # builds and caches the map
+        row["pairs"] = next(iter(x.cset.maps.values()))[1].pairs
+        with torch.no_grad():
+            row["fwd_s"] = _timed(lambda: conv(x, w, None, KERNEL, 1))
+        xf = x.replace(feats.clone().requires_grad_(True))
+        row["fwdbwd_s"] = _timed(lambda: conv(xf, w, None, KERNEL, 1).feats.sum().backward())
+    elif backend == "minkowski":
+        from sparseskull.sparse.backends import minkowski
+        from sparseskull.sparse.nn import SparseConv3d
+
+        ME = minkowski._me()
+        layer = SparseConv3d(CHANNELS, CHANNELS, KERNEL, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+
+        def fresh(grad=False):
+            f = feats.clone().requires_grad_(grad)
+            return ME.SparseTensor(f, coordinates=coords.int())
+
+        def first():
+            with torch.no_grad():
+                layer(fresh())
+
+        first_s = _timed(first)
+        x = fresh()
+        with torch.no_grad():
+            layer(x)
+            row["fwd_s"] = _timed(lambda: layer(x))
+        row["map_s"] = max(0.0, first_s - row["fwd_s"])
+        xg = fresh(True)
+        layer(xg)
+        row["fwdbwd_s"] = _timed(lambda: layer(xg).F.sum().backward())
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    row["peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    return row
+
+
+def matmul_gflops(threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(4096, 432), torch.randn(432, 16)
+    big_a, big_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = _timed(lambda: big_a @ big_b, 5)
+    skinny = _timed(lambda: a @ b, 5)
+    return max(2 * 2048**3 / best, 2 * 4096 * 432 * 16 / skinny) / 1e9
+
+
+def bench_engine(grids=(128, 256), backends=None, threads: int = 2, json_path: str | None = None) -> dict:
+    from sparseskull.sparse.backends import available_backends
+
+    backends = list(backends) if backends else available_backends() + ["dense"]
+    rows = []
+    for grid in grids:
+        for backend in backends:
+            if backend == "dense" and grid > 256:
+                rows.append({"grid": grid, "backend": "dense", "note": "does not fit (a 16-channel 512^3 grid needs 8 GiB per tensor)"})
+                continue
+            cmd = [sys.executable, "-m", "sparseskull.bench", str(grid), backend, str(threads)]
+            run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if run.returncode != 0:
+                rows.append({"grid": grid, "backend": backend, "error": run.stderr.strip().splitlines()[-1:]})
+            else:
+                rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    gflops = matmul_gflops(threads)
+    result = {"threads": threads, "matmul_gflops": round(gflops, 1), "rows": rows, "ratios": {}}
+    by = {(r["grid"], r["backend"]): r for r in rows if "fwdbwd_s" in r}
+    ref_grid = 256 if (256, "torch") in by else max((g for g, b in by if b == "torch"), default=None)
+    if ref_grid is not None:
+        t = by[(ref_grid, "torch")]
+        # fwd + backward (grad of input, grad of weight) = 3 GEMMs over the real neighbour pairs
+        limit_s = 3 * 2 * t["pairs"] * CHANNELS * CHANNELS / (gflops * 1e9)
+        result["ratios"]["grid"] = ref_grid
+        result["ratios"]["torch_vs_limit"] = round(t["fwdbwd_s"] / limit_s, 2)
+        result["limit_fwdbwd_s"] = round(limit_s, 4)
+        for other in ("minkowski", "spconv", "dense"):
+            if (ref_grid, other) in by:
+                result["ratios"][f"torch_vs_{other}"] = round(t["fwdbwd_s"] / by[(ref_grid, other)]["fwdbwd_s"], 3)
+                result["ratios"][f"torch_vs_{other}_peak_mib"] = round(t["peak_mib"] / by[(ref_grid, other)]["peak_mib"], 3)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    grid, backend, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    print(json.dumps(_run_one(grid, backend, threads)))

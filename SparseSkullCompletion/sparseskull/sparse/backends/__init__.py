@@ -1,0 +1,36 @@
+"""Backends: the operations of sparse/functional.py for each kind of sparse tensor.
+
+The network code calls :func:`ops_for` on its input and never names a backend: our own
+:class:`~sparseskull.sparse.SparseTensor` runs on the portable torch engine, a MinkowskiEngine
+tensor on MinkowskiEngine. Weights live in one canonical layout (see kernel_map.py) and are
+reordered for MinkowskiEngine inside its backend, so one state dict serves both.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+from sparseskull.sparse.tensor import SparseTensor
+
+BACKENDS = ("torch", "minkowski")
+
+
+def ops_for(x) -> ModuleType:
+    """The module of operations that handles tensors of ``x``'s kind."""
+    if isinstance(x, SparseTensor):
+        from sparseskull.sparse.backends import torch_ops
+
+        return torch_ops
+    me = sys.modules.get("MinkowskiEngine")  # loaded only by whoever made an ME tensor
+    if me is not None and isinstance(x, me.SparseTensor):
+        from sparseskull.sparse.backends import minkowski
+
+        return minkowski
+    raise TypeError(f"not a sparse tensor of a known backend: {type(x).__name__}")
+
+
+def available_backends() -> list[str]:
+    from sparseskull.sparse.backends import minkowski
+
+    return ["torch"] + (["minkowski"] if minkowski.available() else [])

@@ -1,0 +1,96 @@
+"""Sparse layers as torch modules. They run on whichever backend their input tensor belongs to.
+
+Weights are stored in one canonical layout, (kernel_size^3, C_in, C_out) with offsets in dense
+``conv3d`` order, so a state dict trained on one backend loads and runs on another.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sparseskull.sparse.backends import ops_for
+
+
+class _KernelLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool, fan_in_channels: int):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.weight = nn.Parameter(torch.empty(kernel_size**3, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        bound = 1.0 / math.sqrt(fan_in_channels * kernel_size**3)  # as MinkowskiEngine initialises
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, bias={self.bias is not None}"
+
+
+class SparseConv3d(_KernelLayer):
+    """Convolution; stride 1 keeps the coordinates, stride 2 moves to the coarser grid."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias, in_channels)
+
+    def forward(self, x):
+        return ops_for(x).conv(x, self.weight, self.bias, self.kernel_size, self.stride)
+
+
+class SparseGenerativeConvTranspose3d(_KernelLayer):
+    """Generative transposed convolution (stride 2): creates every coordinate its kernel reaches."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 2, stride: int = 2, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias, out_channels)
+
+    def forward(self, x, max_points: int | None = None, level: str = ""):
+        return ops_for(x).generative_conv_transpose(x, self.weight, self.bias, self.kernel_size, self.stride, max_points, level)
+
+
+class SparseBatchNorm(nn.BatchNorm1d):
+    """Batch normalisation of the features. With a single point in training mode (possible at the
+    deepest level of a small skull) batch statistics are undefined: the running statistics are used."""
+
+    def forward(self, x):
+        ops = ops_for(x)
+        feats = ops.features(x)
+        if self.training and feats.shape[0] <= 1:
+            feats = nn.functional.batch_norm(feats, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        else:
+            feats = super().forward(feats)
+        return ops.with_features(x, feats)
+
+
+class SparseActivation(nn.Module):
+    """An elementwise activation on the features (ReLU, ELU, ...)."""
+
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        ops = ops_for(x)
+        return ops.with_features(x, self.fn(ops.features(x)))
+
+
+def prune(x, keep: torch.Tensor):
+    return ops_for(x).prune(x, keep)
+
+
+def union(a, b):
+    return ops_for(a).union(a, b)
+
+
+def target_mask(x, target):
+    return ops_for(x).target_mask(x, target)
+
+
+def features(x) -> torch.Tensor:
+    return ops_for(x).features(x)
+
+
+def point_count(x) -> int:
+    return ops_for(x).point_count(x)
