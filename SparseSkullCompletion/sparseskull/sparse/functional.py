@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sparseskull.sparse.kernel_map import cached_map, downsample_coords, expand_coords
+from sparseskull.sparse.kernel_map import cached_map, coarsen_to, downsample_coords, expand_coords
 from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
 
 ROWS_PER_BLOCK = 8192  # rows gathered per GEMM: the (rows, K*C_in) block stays in cache
@@ -18,6 +18,16 @@ ROWS_PER_BLOCK = 8192  # rows gathered per GEMM: the (rows, K*C_in) block stays 
 
 class PointExplosionError(RuntimeError):
     """A generative layer created more points than the configured cap."""
+
+
+def check_point_cap(created: int, inputs: int, max_points: int | None, level: str = "") -> None:
+    """Raise PointExplosionError when a generative layer made more than ``max_points`` points."""
+    if max_points is not None and created > max_points:
+        where = f" at {level}" if level else ""
+        raise PointExplosionError(
+            f"the generative layer{where} created {created:,} points from {inputs:,}, over the cap of {max_points:,}; "
+            "the network is keeping too much (untrained or out-of-distribution input), or raise the cap"
+        )
 
 
 def _blocks(n: int):
@@ -103,12 +113,7 @@ def generative_conv_transpose(
     if stride != 2:
         raise ValueError(f"generative transposed convolution supports stride 2, got {stride}")
     out_set = expand_coords(x.cset, kernel_size, 2)
-    if max_points is not None and len(out_set) > max_points:
-        where = f" at {level}" if level else ""
-        raise PointExplosionError(
-            f"the generative layer{where} created {len(out_set):,} points from {len(x):,}, over the cap of {max_points:,}; "
-            "the network is keeping too much (untrained or out-of-distribution input), or raise the cap"
-        )
+    check_point_cap(len(out_set), len(x), max_points, level)
     kmap = cached_map(x.cset, out_set, kernel_size, out_set.stride, -1)
     return _apply(x, weight, bias, kmap, out_set)
 
@@ -135,11 +140,5 @@ def union(a: SparseTensor, b: SparseTensor) -> SparseTensor:
 def target_mask(x: SparseTensor, target: CoordinateSet) -> torch.Tensor:
     """For each point of ``x``, whether it lies in ``target`` brought to x's stride (the training target
     of a generative level: coordinate floor(c / s) * s is occupied in the ground truth)."""
-    if target.stride > x.stride:
-        raise ValueError(f"the target (stride {target.stride}) is coarser than the tensor (stride {x.stride})")
-    level = target
-    while level.stride < x.stride:
-        level = downsample_coords(level, 2)
-    if level.stride != x.stride:
-        raise ValueError(f"strides {target.stride} and {x.stride} are not powers of two apart")
+    level = coarsen_to(target, x.stride)
     return level.lookup(x.cset.keys) < len(level)

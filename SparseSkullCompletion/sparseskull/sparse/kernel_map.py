@@ -137,6 +137,18 @@ def downsample_coords(cset: CoordinateSet, factor: int = 2) -> CoordinateSet:
     return CoordinateSet(torch.unique(pack(c), sorted=True), s)
 
 
+def coarsen_to(cset: CoordinateSet, stride: int) -> CoordinateSet:
+    """``cset`` brought to a coarser power-of-two ``stride`` (a point is occupied if any fine point falls in it)."""
+    if stride < cset.stride:
+        raise ValueError(f"the set (stride {cset.stride}) is coarser than stride {stride}")
+    level = cset
+    while level.stride < stride:
+        level = downsample_coords(level, 2)
+    if level.stride != stride:
+        raise ValueError(f"strides {cset.stride} and {stride} are not powers of two apart")
+    return level
+
+
 def expand_coords(cset: CoordinateSet, kernel_size: int, factor: int = 2) -> CoordinateSet:
     """Every coordinate a generative transposed kernel reaches, at stride / factor."""
     if cset.stride % factor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from sparseskull.sparse.functional import PointExplosionError
-from sparseskull.sparse.kernel_map import minkowski_order
+from sparseskull.sparse.functional import check_point_cap
+from sparseskull.sparse.kernel_map import coarsen_to, minkowski_order
 from sparseskull.sparse.tensor import CoordinateSet, SparseTensor, pack
 
 
@@ -110,11 +110,7 @@ def generative_conv_transpose(x, weight, bias=None, kernel_size: int = 2, stride
     if stride != 2:
         raise ValueError(f"generative transposed convolution supports stride 2, got {stride}")
     y = _conv(x, weight, bias, kernel_size, stride, transpose=True)
-    if max_points is not None and point_count(y) > max_points:
-        where = f" at {level}" if level else ""
-        raise PointExplosionError(
-            f"the generative layer{where} created {point_count(y):,} points from {point_count(x):,}, over the cap of {max_points:,}"
-        )
+    check_point_cap(point_count(y), point_count(x), max_points, level)
     return y
 
 
@@ -130,12 +126,5 @@ def union(a, b):
 
 def target_mask(x, target: CoordinateSet) -> torch.Tensor:
     """As functional.target_mask, for the points of an ME tensor (in ME's order)."""
-    stride = int(x.tensor_stride[0])
-    level = target
-    from sparseskull.sparse.kernel_map import downsample_coords
-
-    while level.stride < stride:
-        level = downsample_coords(level, 2)
-    if level.stride != stride:
-        raise ValueError(f"strides {target.stride} and {stride} are not powers of two apart")
+    level = coarsen_to(target, int(x.tensor_stride[0]))
     return level.lookup(pack(x.C.to(level.device))) < len(level)
