@@ -55,9 +55,23 @@ if [ -z "$wheel" ]; then
   "$work/venv/bin/python" -m pip download -q --no-deps --no-binary :all: --no-build-isolation MinkowskiEngine==0.5.4 -d "$work"
   tar -xzf "$work"/MinkowskiEngine-0.5.4.tar.gz -C "$work"
   src="$work/MinkowskiEngine-0.5.4"
-  # Python >= 3.10 moved the abstract collections to collections.abc
-  grep -rl "from collections import" "$src" --include=*.py | xargs sed -i -E \
-    's/from collections import (Sequence|Iterable|Mapping|MutableMapping)\b/from collections.abc import \1/'
+  # Python >= 3.10 moved the abstract collections to collections.abc (namedtuple & co. stay)
+  "$py" - "$src" <<'PY'
+import pathlib, re, sys
+ABC = {"Sequence", "Iterable", "Mapping", "MutableMapping", "Callable", "Iterator", "Set", "Hashable", "Sized", "Container"}
+for path in pathlib.Path(sys.argv[1]).rglob("*.py"):
+    text = path.read_text()
+    def fix(m):
+        names = [n.strip() for n in m.group(2).split(",") if n.strip()]
+        abc, rest = [n for n in names if n in ABC], [n for n in names if n not in ABC]
+        lines = ([f"{m.group(1)}from collections import {', '.join(rest)}"] if rest else [])
+        lines += ([f"{m.group(1)}from collections.abc import {', '.join(abc)}"] if abc else [])
+        return "\n".join(lines)
+    new = re.sub(r"^([ \t]*)from collections import ([\w, ]+)$", fix, text, flags=re.M)
+    if new != text:
+        path.write_text(new)
+        print("patched", path.relative_to(sys.argv[1]))
+PY
   opts=(--config-settings=--global-option=--blas=openblas)
   [ "$cuda" = 1 ] || opts+=(--config-settings=--global-option=--cpu_only)
   (cd "$src" && MAX_JOBS="$(nproc)" "$work/venv/bin/pip" wheel . --no-deps --no-build-isolation "${opts[@]}" -w "$cache")

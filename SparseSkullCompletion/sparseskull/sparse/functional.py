@@ -13,7 +13,7 @@ import torch
 from sparseskull.sparse.kernel_map import cached_map, coarsen_to, downsample_coords, expand_coords
 from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
 
-ROWS_PER_BLOCK = 8192  # rows gathered per GEMM: the (rows, K*C_in) block stays in cache
+ROWS_PER_BLOCK = 2048  # rows per gather-GEMM block: small blocks stay in cache (measured best at 256^3)
 
 
 class PointExplosionError(RuntimeError):
@@ -35,12 +35,17 @@ def _blocks(n: int):
         yield slice(start, min(n, start + ROWS_PER_BLOCK))
 
 
+def _gather_rows(source: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(R, K) row indices -> (R, K * C) gathered rows (index_select is a row memcpy, 4x faster than [] here)."""
+    return source.index_select(0, table.reshape(-1)).reshape(table.shape[0], -1)
+
+
 def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tensor) -> torch.Tensor:
     """out[n] = concat_k(source_pad[table[n, k]]) @ weight2d, block by block (source_pad: zero row appended)."""
     padded = torch.cat([source, source.new_zeros(1, source.shape[1])])
     out = source.new_empty(table.shape[0], weight2d.shape[1])
     for rows in _blocks(table.shape[0]):
-        out[rows] = padded[table[rows]].reshape(rows.stop - rows.start, -1) @ weight2d
+        out[rows] = _gather_rows(padded, table[rows]) @ weight2d
     return out
 
 
@@ -56,17 +61,21 @@ class _SparseConv(torch.autograd.Function):
         feats, weight, nbr, rev = ctx.saved_tensors
         k, c_in, c_out = weight.shape
         grad_out = grad_out.contiguous()
-        grad_feats = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            # input i receives grad_out[rev[i, k]] @ weight[k]^T
-            grad_feats = _gather_gemm(rev, grad_out, weight.transpose(1, 2).reshape(k * c_out, c_in))
-        if ctx.needs_input_grad[1]:
-            padded = torch.cat([feats, feats.new_zeros(1, c_in)])
-            grad_weight = feats.new_zeros(k * c_in, c_out)
-            for rows in _blocks(nbr.shape[0]):
-                cols = padded[nbr[rows]].reshape(rows.stop - rows.start, -1)
-                grad_weight += cols.T @ grad_out[rows]
-            grad_weight = grad_weight.reshape(k, c_in, c_out)
+        need_feats, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # One gather of grad_out through the reverse table serves both gradients:
+        # grad_feats[i] = sum_k grad_out[rev[i, k]] @ W[k]^T and grad_W[k] = sum_i feats[i]^T grad_out[rev[i, k]]
+        padded = torch.cat([grad_out, grad_out.new_zeros(1, c_out)])
+        w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
+        grad_feats = feats.new_empty(feats.shape) if need_feats else None
+        grad_weight = feats.new_zeros(c_in, k * c_out) if need_weight else None
+        for rows in _blocks(rev.shape[0]):
+            g = _gather_rows(padded, rev[rows])  # (R, K * C_out)
+            if need_feats:
+                grad_feats[rows] = g @ w_t
+            if need_weight:
+                grad_weight += feats[rows].T @ g
+        if need_weight:
+            grad_weight = grad_weight.reshape(c_in, k, c_out).transpose(0, 1).contiguous()
         return grad_feats, grad_weight, None, None
 
 

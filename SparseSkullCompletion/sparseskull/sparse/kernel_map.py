@@ -39,8 +39,8 @@ def minkowski_order(kernel_size: int) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class KernelMap:
-    nbr: torch.Tensor  # (N_out, K) int64, N_in where absent
-    rev: torch.Tensor  # (N_in, K) int64, N_out where absent
+    nbr: torch.Tensor  # (N_out, K) int32 (int64 for huge sets), N_in where absent
+    rev: torch.Tensor  # (N_in, K), N_out where absent
     n_in: int
     n_out: int
 
@@ -110,11 +110,12 @@ def _build(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step:
     offsets = kernel_offsets(kernel_size, source.device) * (sign * step)
     n_in, n_out, k = len(source), len(target), len(offsets)
     nbr = _neighbours(source, target, offsets)
-    rev = torch.full((n_in + 1, k), n_out, dtype=torch.int64, device=source.device)
+    index = torch.int32 if max(n_in, n_out) < 2**31 - 1 else torch.int64  # halves the maps' memory
+    rev = torch.full((n_in + 1, k), n_out, dtype=index, device=source.device)
     cols = torch.arange(k, device=source.device).expand(n_out, k)
-    rows = torch.arange(n_out, device=source.device)[:, None].expand(n_out, k)
+    rows = torch.arange(n_out, dtype=index, device=source.device)[:, None].expand(n_out, k)
     rev[nbr, cols] = rows  # nbr is injective per column; the pad row n_in absorbs the misses
-    return KernelMap(nbr, rev[:n_in].contiguous(), n_in, n_out)
+    return KernelMap(nbr.to(index), rev[:n_in].contiguous(), n_in, n_out)
 
 
 def cached_map(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step: int, sign: int) -> KernelMap:
