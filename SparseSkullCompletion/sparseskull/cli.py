@@ -52,6 +52,20 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_info(args) -> int:
+    from sparseskull.model import SparseCompletionNet, layer_table
+
+    model = SparseCompletionNet(args.channels)
+    rows = layer_table(model)
+    print(f"SparseCompletionNet, channels {list(model.channels)} (Li et al. 2023, Table 1)")
+    print(f"{'layer':<22} {'kind':<27} {'kernel':>6} {'stride':>6} {'in':>5} {'out':>5} {'params':>10}")
+    for r in rows:
+        print(f"{r['layer']:<22} {r['kind']:<27} {r['kernel']:>6} {r['stride']:>6} {r['in']:>5} {r['out']:>5} {r['params']:>10,}")
+    total = model.parameter_count()
+    print(f"total parameters: {total:,} ({total / 1e6:.3f}M; convolutions with batch norm, classifiers with bias)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseskull",
@@ -84,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("info", help="print the network's layer table (the paper's Table 1) and parameter count")
+    p.add_argument("--channels", default="ch1", help="ch1, ch2 or seven comma-separated channel counts (default ch1)")
+    p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("make-sample", help="rebuild the bundled sample (deterministic)")
     p.add_argument("--out", default=None, help="folder (default: the module's Resources/Sample)")

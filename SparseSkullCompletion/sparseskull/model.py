@@ -1,0 +1,154 @@
+"""The paper's sparse completion auto-encoder (Li et al. 2023, Table 1), on any sparse backend.
+
+Encoder: a kernel-3 convolution, then six times a kernel-2 stride-2 convolution (downsampling)
+followed by a kernel-3 convolution. Decoder: six generative stride-2 transposed convolutions
+(the first with kernel 4, the others kernel 2), each followed by a kernel-3 convolution, a kernel-1
+classifier and pruning. Every convolution but the classifiers is followed by batch norm and ELU,
+as in MinkowskiEngine's completion example; the classifiers have a bias. With ``ch1`` this gives
+434,686 parameters, the count MinkowskiEngine reports for the paper's network.
+
+Pruning: in training a generated point is kept when its logit > 0 or it lies in the ground truth
+at that level (not at the last level, whose output is the prediction); at inference when its
+logit > tau.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparseskull.sparse.nn import (
+    SparseActivation,
+    SparseBatchNorm,
+    SparseConv3d,
+    SparseGenerativeConvTranspose3d,
+    features,
+    point_count,
+    prune,
+    target_mask,
+)
+from sparseskull.sparse.tensor import CoordinateSet
+
+CHANNEL_PRESETS = {"ch1": (8, 8, 16, 16, 32, 32, 64), "ch2": (22, 32, 32, 128, 156, 256, 388)}
+TOTAL_STRIDE = 64
+
+
+def parse_channels(spec) -> tuple[int, ...]:
+    """A preset name ('ch1', 'ch2') or seven channel counts (list or comma-separated string)."""
+    if isinstance(spec, str):
+        if spec in CHANNEL_PRESETS:
+            return CHANNEL_PRESETS[spec]
+        spec = [s for s in spec.replace(" ", "").split(",") if s]
+    try:
+        channels = tuple(int(c) for c in spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"channels must be {' or '.join(CHANNEL_PRESETS)} or seven integers; got {spec!r}") from None
+    if len(channels) != 7 or min(channels) < 1:
+        raise ValueError(f"the network has seven levels: give seven positive channel counts, got {channels}")
+    return channels
+
+
+def _block(conv: nn.Module, channels: int) -> nn.Sequential:
+    return nn.Sequential(conv, SparseBatchNorm(channels), SparseActivation(nn.ELU()))
+
+
+class GenerativeBlock(nn.Module):
+    """Generative transposed convolution, batch norm, ELU (the conv takes the point cap)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.conv = SparseGenerativeConvTranspose3d(in_channels, out_channels, kernel_size, bias=False)
+        self.norm = SparseBatchNorm(out_channels)
+        self.act = SparseActivation(nn.ELU())
+
+    def forward(self, x, max_points: int | None = None, level: str = ""):
+        return self.act(self.norm(self.conv(x, max_points=max_points, level=level)))
+
+
+@dataclass
+class LevelOutput:
+    """One decoder level: its generated points' logits and which of them are ground truth."""
+
+    logits: torch.Tensor  # (N,) classifier logits of the generated points
+    target: torch.Tensor | None  # (N,) bool, when a ground truth was given
+    kept: int  # points kept by pruning
+
+
+@dataclass
+class CompletionOutput:
+    output: object  # the pruned sparse tensor at stride 1: the completed skull
+    levels: list[LevelOutput]
+
+
+class SparseCompletionNet(nn.Module):
+    """Table 1 of the paper; ``channels``: 'ch1', 'ch2' or seven integers."""
+
+    def __init__(self, channels="ch1"):
+        super().__init__()
+        self.channels = parse_channels(channels)
+        c = self.channels
+        enc = [_block(SparseConv3d(1, c[0], 3, bias=False), c[0])]
+        for i in range(1, 7):
+            enc.append(
+                nn.Sequential(
+                    _block(SparseConv3d(c[i - 1], c[i], 2, stride=2, bias=False), c[i]),
+                    _block(SparseConv3d(c[i], c[i], 3, bias=False), c[i]),
+                )
+            )
+        self.encoder = nn.ModuleList(enc)
+        self.up = nn.ModuleList()
+        self.refine = nn.ModuleList()
+        self.classify = nn.ModuleList()
+        for i in range(6, 0, -1):
+            kernel = 4 if i == 6 else 2
+            self.up.append(GenerativeBlock(c[i], c[i - 1], kernel))
+            self.refine.append(_block(SparseConv3d(c[i - 1], c[i - 1], 3, bias=False), c[i - 1]))
+            self.classify.append(SparseConv3d(c[i - 1], 1, 1, bias=True))
+
+    def forward(self, x, target: CoordinateSet | None = None, tau: float = 0.0, max_points: int | None = None) -> CompletionOutput:
+        """``x``: the defective skull (features 1, stride 1). ``target``: the complete skull's coordinates,
+        which guide pruning in training. ``max_points``: cap on the points of any decoder level."""
+        if point_count(x) == 0:
+            raise ValueError("the input skull is empty: there is nothing to complete")
+        for block in self.encoder:
+            x = block(x)
+        levels: list[LevelOutput] = []
+        for depth, (up, refine, classify) in enumerate(zip(self.up, self.refine, self.classify)):
+            last = depth == len(self.up) - 1
+            x = refine(up(x, max_points=max_points, level=f"decoder level {depth + 1} of {len(self.up)}"))
+            logits = features(classify(x))[:, 0]
+            truth = target_mask(x, target) if target is not None else None
+            keep = logits > tau
+            if self.training and truth is not None and not last:
+                keep = keep | truth
+            levels.append(LevelOutput(logits, truth, int(keep.sum())))
+            x = prune(x, keep)
+        return CompletionOutput(x, levels)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def layer_table(model: SparseCompletionNet) -> list[dict]:
+    """The convolutions in order, as in the paper's Table 1 (batch norms counted with their layer)."""
+    rows = []
+    norms = {name.rsplit(".", 1)[0]: m for name, m in model.named_modules() if isinstance(m, SparseBatchNorm)}
+    for name, m in model.named_modules():
+        if isinstance(m, (SparseConv3d, SparseGenerativeConvTranspose3d)):
+            parent = name.rsplit(".", 1)[0]
+            norm = norms.get(parent) or norms.get(name.rsplit(".", 1)[0] + ".norm")
+            kind = "generative transposed conv" if isinstance(m, SparseGenerativeConvTranspose3d) else (
+                "classifier" if name.startswith("classify") else ("strided conv" if m.stride == 2 else "conv")
+            )
+            params = sum(p.numel() for p in m.parameters()) + (sum(p.numel() for p in norm.parameters()) if norm is not None and not name.startswith("classify") else 0)
+            rows.append({"layer": name, "kind": kind, "kernel": m.kernel_size, "stride": m.stride, "in": m.in_channels, "out": m.out_channels, "params": params})
+
+    def order(row):  # the encoder, then per decoder level: upsample, refine, classify
+        head, _, rest = row["layer"].partition(".")
+        group = {"encoder": 0, "up": 1, "refine": 2, "classify": 3}[head]
+        index = int(rest.split(".")[0])
+        return (0, index, 0) if group == 0 else (1, index, group)
+
+    return sorted(rows, key=order)

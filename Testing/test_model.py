@@ -1,0 +1,87 @@
+"""The paper's network (Table 1): parameter counts, pruning rules, and a forward/backward on a small skull."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparseskull.cli import main
+from sparseskull.model import SparseCompletionNet, layer_table, parse_channels
+from sparseskull.resample import downsample_to
+from sparseskull.sparse import SparseTensor
+from sparseskull.synth.defects import cut_random_defect
+
+
+def test_parameter_counts_match_the_paper():
+    """ch1: 0.435M (MinkowskiEngine's count for the same network is 434,686); ch2: 18.14M."""
+    assert SparseCompletionNet("ch1").parameter_count() == 434_686
+    assert abs(SparseCompletionNet("ch2").parameter_count() - 18.14e6) / 18.14e6 < 0.01
+
+
+def test_layer_table_lists_every_parameter_in_table_1_order():
+    model = SparseCompletionNet("ch1")
+    rows = layer_table(model)
+    assert sum(r["params"] for r in rows) == model.parameter_count()
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("strided conv") == 6 and kinds.count("generative transposed conv") == 6 and kinds.count("classifier") == 6
+    generative = [r for r in rows if r["kind"] == "generative transposed conv"]
+    assert [r["kernel"] for r in generative] == [4, 2, 2, 2, 2, 2]
+    assert rows[13]["layer"] == "up.0.conv" and rows[14]["layer"] == "refine.0.0" and rows[15]["layer"] == "classify.0"
+
+
+def test_channels_presets_and_lists():
+    assert parse_channels("ch1") == (8, 8, 16, 16, 32, 32, 64)
+    assert parse_channels("4,4,8,8,16,16,32") == (4, 4, 8, 8, 16, 16, 32)
+    with pytest.raises(ValueError, match="seven"):
+        parse_channels([8, 8, 16])
+    with pytest.raises(ValueError, match="ch1"):
+        parse_channels("ch9")
+
+
+def test_info_command_prints_the_table(capsys):
+    assert main(["info", "--channels", "ch1"]) == 0
+    out = capsys.readouterr().out
+    assert "434,686" in out and "generative transposed conv" in out
+
+
+@pytest.fixture(scope="module")
+def small_case(skull_128):
+    complete = downsample_to(skull_128.mask, 64)
+    defect = cut_random_defect(complete, "parietotemporal", __import__("numpy").random.default_rng(0))
+    return SparseTensor.from_mask(defect.defective), SparseTensor.from_mask(complete).cset
+
+
+def test_training_forward_keeps_the_ground_truth_and_backpropagates(small_case):
+    torch.manual_seed(0)
+    x, target = small_case
+    model = SparseCompletionNet("ch1").train()
+    out = model(x, target=target)
+    assert len(out.levels) == 6
+    assert out.output.stride == 1
+    for level in out.levels[:-1]:  # ground-truth points survive pruning in training
+        assert level.kept >= int(level.target.sum())
+    loss = sum(
+        torch.nn.functional.binary_cross_entropy_with_logits(level.logits, level.target.float()) for level in out.levels
+    ) / len(out.levels)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in grads) and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_inference_prunes_by_tau_and_caps_points(small_case):
+    x, _ = small_case
+    model = SparseCompletionNet("ch1").eval()
+    with torch.no_grad():
+        low = model(x, tau=-1e9)  # keeps everything it generates
+        high = model(x, tau=1e9)  # keeps nothing
+    assert low.levels[-1].kept == len(low.levels[-1].logits) > 0
+    assert high.levels[0].kept == 0 and len(high.output) == 0
+    with pytest.raises(Exception, match="decoder level 2 of 6 created"):
+        with torch.no_grad():
+            model(x, tau=-1e9, max_points=low.levels[0].kept)
+
+
+def test_empty_input_is_refused():
+    empty = SparseTensor.from_coords(torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0, 1))
+    with pytest.raises(ValueError, match="empty"):
+        SparseCompletionNet("ch1")(empty)
