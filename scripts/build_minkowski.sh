@@ -43,7 +43,7 @@ fi
 
 if [ -z "$wheel" ]; then
   if [ "${1:-}" = "--install-only-if-cached" ]; then echo "no cached MinkowskiEngine wheel in $cache"; exit 1; fi
-  echo "building MinkowskiEngine 0.5.4 ($flavour, torch $torch_ver, $py_tag): about 5-7 minutes, 2.5 GB peak"
+  echo "building MinkowskiEngine 0.5.4 ($flavour, torch $torch_ver, $py_tag): 5-20 minutes on 2 cores, 2.5 GB peak"
   blas libopenblas-dev
   work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
   # A throw-away build environment that sees this torch, with the setuptools the sdist builds with.
