@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseskull.sparse.tensor import CoordinateSet, pack, unpack
+from sparseskull.sparse.tensor import CoordinateSet, pack
 
 
 def kernel_offsets(kernel_size: int, device=None) -> torch.Tensor:
@@ -162,4 +162,4 @@ def expand_coords(cset: CoordinateSet, kernel_size: int, factor: int = 2) -> Coo
     return CoordinateSet(torch.unique(pack(grown.reshape(-1, 4)), sorted=True), t)
 
 
-__all__ = ["KernelMap", "cached_map", "downsample_coords", "expand_coords", "kernel_offsets", "minkowski_order", "unpack"]
+__all__ = ["KernelMap", "cached_map", "coarsen_to", "downsample_coords", "expand_coords", "kernel_offsets", "minkowski_order"]
