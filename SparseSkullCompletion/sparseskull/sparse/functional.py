@@ -45,7 +45,7 @@ def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tens
     padded = torch.cat([source, source.new_zeros(1, source.shape[1])])
     out = source.new_empty(table.shape[0], weight2d.shape[1])
     for rows in _blocks(table.shape[0]):
-        out[rows] = _gather_rows(padded, table[rows]) @ weight2d
+        torch.mm(_gather_rows(padded, table[rows]), weight2d, out=out[rows])
     return out
 
 
@@ -71,9 +71,9 @@ class _SparseConv(torch.autograd.Function):
         for rows in _blocks(rev.shape[0]):
             g = _gather_rows(padded, rev[rows])  # (R, K * C_out)
             if need_feats:
-                grad_feats[rows] = g @ w_t
+                torch.mm(g, w_t, out=grad_feats[rows])
             if need_weight:
-                grad_weight += feats[rows].T @ g
+                grad_weight.addmm_(feats[rows].T, g)
         if need_weight:
             grad_weight = grad_weight.reshape(c_in, k, c_out).transpose(0, 1).contiguous()
         return grad_feats, grad_weight, None, None

@@ -87,7 +87,7 @@ def _conv(x, weight, bias, kernel_size, stride, transpose: bool):
 
     generator = ME.KernelGenerator(kernel_size=kernel_size, stride=stride, dimension=3, expand_coordinates=transpose)
     out_key = ME.CoordinateMapKey(x.coordinate_map_key.get_coordinate_size())
-    fn = MinkowskiConvolutionTransposeFunction() if transpose else MinkowskiConvolutionFunction()
+    fn = MinkowskiConvolutionTransposeFunction if transpose else MinkowskiConvolutionFunction
     feats = fn.apply(
         x.F, weight_to_minkowski(weight, kernel_size), generator, ConvolutionMode.DEFAULT,
         x.coordinate_map_key, out_key, x._manager,
