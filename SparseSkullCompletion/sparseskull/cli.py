@@ -44,8 +44,9 @@ def _cmd_bench(args) -> int:
     result = bench_engine(grids, args.backends, threads=args.threads, json_path=args.json)
     print(f"{'grid':>5} {'voxels':>9} {'backend':>10} {'map s':>8} {'fwd s':>8} {'fwd+bwd s':>10} {'peak MiB':>9}")
     for r in result["rows"]:
-        if "fwdbwd_s" in r:
-            print(f"{r['grid']:>5} {r['voxels']:>9} {r['backend']:>10} {r['map_s']:>8.3f} {r['fwd_s']:>8.3f} {r['fwdbwd_s']:>10.3f} {r['peak_mib']:>9.0f}")
+        if "fwd_s" in r:
+            cells = [f"{v:.3f}" if v is not None else "-" for v in (r["map_s"], r["fwd_s"], r["fwdbwd_s"])]
+            print(f"{r['grid']:>5} {r['voxels']:>9} {r['backend']:>10} {cells[0]:>8} {cells[1]:>8} {cells[2]:>10} {r['peak_mib']:>9.0f}")
         else:
             print(f"{r['grid']:>5} {'':>9} {r['backend']:>10}  {r.get('note') or r.get('error')}")
     print(f"matmul: {result['matmul_gflops']} GFLOP/s on {result['threads']} threads; ratios: {json.dumps(result['ratios'])}")
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["engine"], help="engine: one 3x3x3 16->16 layer on ellipsoid shells")
     p.add_argument("--grids", type=int, nargs="+", default=[128, 256], help="cube sizes (default 128 256)")
     p.add_argument("--big", action="store_true", help="add 512^3 (about 9 GiB and minutes per backend)")
-    p.add_argument("--backends", nargs="+", default=None, help="torch minkowski dense (default: every installed one, and dense)")
+    p.add_argument("--backends", nargs="+", default=None, help="torch minkowski spconv dense (default: every installed one, and dense)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_bench)

@@ -2,6 +2,7 @@
 
 ``torch`` (default): the pure-PyTorch engine in this package, for CPU, CUDA and MPS.
 ``minkowski``: MinkowskiEngine, the paper's engine (optional; see sparse/backends/minkowski.py).
+``spconv``: spconv 2.x, for its CUDA kernels; on CPU only behind a self-check, one thread, no backward.
 The engine knows nothing of skulls.
 """
 

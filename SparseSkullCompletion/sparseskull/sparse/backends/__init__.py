@@ -13,7 +13,7 @@ from types import ModuleType
 
 from sparseskull.sparse.tensor import SparseTensor
 
-BACKENDS = ("torch", "minkowski")
+BACKENDS = ("torch", "minkowski", "spconv")
 
 
 def ops_for(x) -> ModuleType:
@@ -22,6 +22,10 @@ def ops_for(x) -> ModuleType:
         from sparseskull.sparse.backends import torch_ops
 
         return torch_ops
+    if type(x).__name__ == "SpconvTensor" and type(x).__module__ == "sparseskull.sparse.backends.spconv":
+        from sparseskull.sparse.backends import spconv
+
+        return spconv
     me = sys.modules.get("MinkowskiEngine")  # loaded only by whoever made an ME tensor
     if me is not None and isinstance(x, me.SparseTensor):
         from sparseskull.sparse.backends import minkowski
@@ -31,6 +35,6 @@ def ops_for(x) -> ModuleType:
 
 
 def available_backends() -> list[str]:
-    from sparseskull.sparse.backends import minkowski
+    from sparseskull.sparse.backends import minkowski, spconv
 
-    return ["torch"] + (["minkowski"] if minkowski.available() else [])
+    return ["torch"] + [name for name, mod in (("minkowski", minkowski), ("spconv", spconv)) if mod.available()]
