@@ -131,6 +131,20 @@ class SparseCompletionNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def completion_loss(out: CompletionOutput) -> torch.Tensor:
+    """Binary cross-entropy of every decoder level's classifier against its ground truth, averaged over
+    levels (the paper's loss). Levels that generated no points are skipped."""
+    terms = []
+    for level in out.levels:
+        if level.target is None:
+            raise ValueError("the loss needs the ground truth: call the network with target=...")
+        if level.logits.numel():
+            terms.append(nn.functional.binary_cross_entropy_with_logits(level.logits, level.target.to(level.logits.dtype)))
+    if not terms:
+        raise ValueError("no decoder level generated any point: nothing to learn from")
+    return torch.stack(terms).mean()
+
+
 def layer_table(model: SparseCompletionNet) -> list[dict]:
     """The convolutions in order, as in the paper's Table 1 (batch norms counted with their layer)."""
     rows = []
