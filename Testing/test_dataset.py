@@ -142,3 +142,20 @@ def test_make_data_full_size_two_cases_within_a_minute(tmp_path):
     assert read_mask(cases[0].complete).shape[:2] == (512, 512)
     # the target is < 60 s on 2 idle cores (about 45 s measured); a busy machine gets twice that
     assert seconds < 120.0, f"make-data took {seconds:.1f} s"
+
+
+def test_pyramid_counts_blocks_exactly_like_a_direct_block_sum(rng):
+    from sparseskull.resample import downsample_pyramid
+    from sparseskull.volume import Volume
+
+    a = rng.random((37, 29, 21)) < 0.4  # odd sizes: the last blocks are padded with zeros
+    mask = Volume(a, (0.5, 0.5, 0.8), (1.0, 2.0, 3.0))
+    pyramid = downsample_pyramid(mask, [1, 2, 4, 8])
+    assert np.array_equal(pyramid[1].array, a)
+    for f in (2, 4, 8):
+        padded = np.pad(a, [(0, (-n) % f) for n in a.shape])
+        s = [n // f for n in padded.shape]
+        direct = padded.reshape(s[0], f, s[1], f, s[2], f).sum(axis=(1, 3, 5)) >= 0.5 * f**3
+        assert np.array_equal(pyramid[f].array, direct), f
+    with pytest.raises(ValueError, match="powers of two"):
+        downsample_pyramid(mask, [3])

@@ -115,7 +115,7 @@ def volume_to_image(volume: Volume):
     sitk = _sitk()
     array = volume.array
     if array.dtype == bool:
-        array = array.astype(np.uint8)
+        array = array.view(np.uint8)  # same bytes, no copy
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
     image.SetSpacing(volume.spacing_mm)
     image.SetOrigin(volume.origin_lps)

@@ -14,7 +14,7 @@ import numpy as np
 from sparseskull import __version__
 from sparseskull.dataset import COMPLETE, CT, DEFECTIVE, IMPLANT
 from sparseskull.io import write_volume
-from sparseskull.resample import PAPER_RESOLUTIONS, downsample_mask
+from sparseskull.resample import PAPER_RESOLUTIONS, downsample_pyramid
 from sparseskull.synth.ct import synthesize_ct
 from sparseskull.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
 from sparseskull.synth.skull import generate_skull
@@ -52,17 +52,15 @@ def make_case(job: CaseJob) -> dict:
     points = BonePoints.of(complete)
     defects = {cls: cut_random_defect(points, cls, rng, skull.shape.centre_lps) for cls in DEFECT_CLASSES}
 
-    def write_set(root: Path, factor: int) -> None:
-        full = downsample_mask(complete, factor)
-        write_volume(full, root / COMPLETE / f"{cid}.nrrd")
-        for cls, d in defects.items():
-            defective = downsample_mask(d.defective, factor)
-            write_volume(defective, root / DEFECTIVE / cls / f"{cid}.nrrd")
-            write_volume(full.with_array(full.array & ~defective.array), root / IMPLANT / cls / f"{cid}.nrrd")
-
-    write_set(out, 1)
-    for res in job.resolutions:
-        write_set(out / str(res), job.size // res)
+    roots = {1: out, **{job.size // res: out / str(res) for res in job.resolutions}}
+    completes = downsample_pyramid(complete, roots)
+    for factor, root in roots.items():
+        write_volume(completes[factor], root / COMPLETE / f"{cid}.nrrd")
+    for cls, d in defects.items():
+        for factor, defective in downsample_pyramid(d.defective, roots).items():
+            full = completes[factor]
+            write_volume(defective, roots[factor] / DEFECTIVE / cls / f"{cid}.nrrd")
+            write_volume(full.with_array(full.array & ~defective.array), roots[factor] / IMPLANT / cls / f"{cid}.nrrd")
     for cls in job.ct_classes:
         write_volume(synthesize_ct(defects[cls].defective, seed=job.seed, envelope=complete), out / CT / cls / f"{cid}.nrrd")
     bone = int(np.count_nonzero(complete.array))
