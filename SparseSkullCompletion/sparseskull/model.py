@@ -151,12 +151,11 @@ def layer_table(model: SparseCompletionNet) -> list[dict]:
     norms = {name.rsplit(".", 1)[0]: m for name, m in model.named_modules() if isinstance(m, SparseBatchNorm)}
     for name, m in model.named_modules():
         if isinstance(m, (SparseConv3d, SparseGenerativeConvTranspose3d)):
-            parent = name.rsplit(".", 1)[0]
-            norm = norms.get(parent) or norms.get(name.rsplit(".", 1)[0] + ".norm")
+            norm = norms.get(name.rsplit(".", 1)[0])  # the batch norm beside it in its block, if any
             kind = "generative transposed conv" if isinstance(m, SparseGenerativeConvTranspose3d) else (
                 "classifier" if name.startswith("classify") else ("strided conv" if m.stride == 2 else "conv")
             )
-            params = sum(p.numel() for p in m.parameters()) + (sum(p.numel() for p in norm.parameters()) if norm is not None and not name.startswith("classify") else 0)
+            params = sum(p.numel() for p in m.parameters()) + (sum(p.numel() for p in norm.parameters()) if norm is not None else 0)
             rows.append({"layer": name, "kind": kind, "kernel": m.kernel_size, "stride": m.stride, "in": m.in_channels, "out": m.out_channels, "params": params})
 
     def order(row):  # the encoder, then per decoder level: upsample, refine, classify

@@ -7,20 +7,12 @@ from typing import Sequence
 
 import numpy as np
 
+from sparseskull.resample import block_max
 from sparseskull.volume import Volume
 
 BONE = (0.93, 0.89, 0.80)
 IMPLANT = (0.95, 0.45, 0.10)
 DEFECT_EDGE = (0.35, 0.60, 0.95)
-
-
-def _downsample_max(mask: np.ndarray, factor: int) -> np.ndarray:
-    if factor <= 1:
-        return mask
-    pad = [(0, (-n) % factor) for n in mask.shape]
-    m = np.pad(mask, pad)
-    s = [n // factor for n in m.shape]
-    return m.reshape(s[0], factor, s[1], factor, s[2], factor).max(axis=(1, 3, 5))
 
 
 def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
@@ -29,7 +21,7 @@ def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
     from vtk.util import numpy_support
 
     factor = max(1, int(np.ceil(max(mask.shape) / max_voxels)))
-    small = _downsample_max(np.asarray(mask.array, dtype=bool), factor).astype(np.uint8)
+    small = block_max(np.asarray(mask.array, dtype=bool), factor).astype(np.uint8)
     small = np.pad(small, 1)
     image = vtk.vtkImageData()
     image.SetDimensions(*small.shape)

@@ -22,6 +22,14 @@ def block_grid(volume: Volume, factor: int) -> tuple[tuple[int, int, int], tuple
     return shape, spacing, origin
 
 
+def block_max(mask: np.ndarray, factors) -> np.ndarray:
+    """Max-pool a binary array over blocks of ``factors`` voxels per axis (the last blocks zero-padded)."""
+    factors = (factors,) * 3 if isinstance(factors, int) else tuple(factors)
+    m = np.pad(mask, [(0, (-n) % f) for n, f in zip(mask.shape, factors)])
+    sx, sy, sz = (n // f for n, f in zip(m.shape, factors))
+    return m.reshape(sx, factors[0], sy, factors[1], sz, factors[2]).max(axis=(1, 3, 5))
+
+
 def _halve(counts: np.ndarray) -> np.ndarray:
     """Sums of 2x2x2 blocks (odd sizes padded with zeros): three strided adds, 10x faster than a reshape-sum."""
     if any(n % 2 for n in counts.shape):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from sparseskull.resample import block_max
 from sparseskull.volume import Volume
 
 AIR_HU = -1000.0
@@ -23,14 +24,6 @@ _TISSUES = {
     4: (-60.0, 20.0),  # foam pad / head holder shell
     5: (550.0, 80.0),  # table (dense enough to pass a bone threshold: must be removed by connectivity)
 }
-
-
-def _block_max(mask: np.ndarray, factors) -> np.ndarray:
-    fx, fy, fz = factors
-    pad = [(0, (-n) % f) for n, f in zip(mask.shape, factors)]
-    m = np.pad(mask, pad)
-    sx, sy, sz = (n // f for n, f in zip(m.shape, factors))
-    return m.reshape(sx, fx, sy, fy, sz, fz).max(axis=(1, 3, 5))
 
 
 def _ball(radius_vox) -> np.ndarray:
@@ -54,7 +47,7 @@ def _smooth_noise(rng, shape, sigma) -> np.ndarray:
 
 def _labels(skull: Volume, factors, rng) -> np.ndarray:
     """Coarse tissue labels (see _TISSUES; 0 = air) laid out around the skull ``skull``."""
-    bone = _block_max(np.asarray(skull.array, dtype=bool), factors)
+    bone = block_max(np.asarray(skull.array, dtype=bool), factors)
     coarse_mm = np.asarray(skull.spacing_mm) * np.asarray(factors)
     closed = ndimage.binary_closing(bone, _ball(6.0 / coarse_mm), iterations=1) | bone
     cavity = np.zeros_like(bone)
