@@ -129,6 +129,35 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
 
 
+def launchTraining(*args, **options):
+    """Train in a separate process from Slicer's Python console, with its progress printed there:
+
+        from SparseSkullCompletion import launchTraining; job = launchTraining("--data", "/data/skullfix", "--out", "/data/run1")
+
+    Arguments are those of ``sparseskull train`` (keywords too: ``steps=500``). Slicer stays responsive:
+    the run's output is read by a thread and printed from a Qt timer on the main thread. ``job.stop()``
+    saves a checkpoint and ends the run; ``job.progress()`` returns its latest step, loss and DSC.
+    """
+    import qt
+
+    from sparseskull.train import launch
+
+    job = launch(*args, echo=False, **options)
+    timer = qt.QTimer()
+    timer.setInterval(500)
+
+    def flush():
+        for line in job.lines():
+            print(line)
+        if not job.running() and not job._queue.qsize():
+            timer.stop()
+
+    timer.connect("timeout()", flush)
+    timer.start()
+    job.timer = timer  # lives as long as the job
+    return job
+
+
 #
 # SparseSkullCompletionTest
 #

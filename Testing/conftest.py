@@ -45,3 +45,19 @@ def skull_512():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Three generated skulls at 128^2 x Z (the SkullBreak layout, five defect classes each) with 64 copies."""
+    from sparseskull.synth.make_data import make_data
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    make_data(out, 3, seed=3, size=128, ct="none", workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Coarse copies cached by the training loader go to a temporary folder, not the user's cache."""
+    os.environ["SPARSESKULL_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -53,6 +53,12 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from sparseskull.train import run
+
+    return run(args)
+
+
 def _cmd_info(args) -> int:
     from sparseskull.model import SparseCompletionNet, layer_table
 
@@ -99,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_bench)
+
+    from sparseskull.train import add_arguments
+
+    p = sub.add_parser("train", help="train the network (completion or super-resolution); also `python -m sparseskull.train`")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="print the network's layer table (the paper's Table 1) and parameter count")
     p.add_argument("--channels", default="ch1", help="ch1, ch2 or seven comma-separated channel counts (default ch1)")

@@ -125,6 +125,8 @@ class SparseCompletionNet(nn.Module):
                 keep = keep | truth
             levels.append(LevelOutput(logits, truth, int(keep.sum())))
             x = prune(x, keep)
+            if point_count(x) == 0:  # nothing kept: the completion is empty (and MinkowskiEngine
+                break  # cannot convolve an empty tensor), so the finer levels are not run
         return CompletionOutput(x, levels)
 
     def parameter_count(self) -> int:

@@ -33,6 +33,7 @@ class ModelInfo:
     channels: tuple[int, ...]
     task: str = "completion"
     resolution: int = 512  # in-plane grid size the model was trained at (512 = full CT resolution)
+    input_resolution: int | None = None  # super-resolution: the coarse grid it upsamples from
     spacing_mm: tuple[float, float, float] | None = None
     tau: float = 0.0
     architecture: str = "SparseCompletionNet"

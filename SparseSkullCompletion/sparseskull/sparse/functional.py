@@ -86,8 +86,22 @@ def _check_weight(x: SparseTensor, weight: torch.Tensor, kernel_size: int) -> No
         )
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError, RuntimeError):  # torch < 2.4, or a device type autocast does not know
+        pass
+    return None
+
+
 def _apply(x: SparseTensor, weight, bias, kmap, out_set: CoordinateSet) -> SparseTensor:
-    feats = _SparseConv.apply(x.feats, weight, kmap.nbr, kmap.rev)
+    low = _autocast_dtype(x.feats.device.type)
+    if low is not None:  # mixed precision: the gather-GEMM runs in the autocast dtype, as conv3d would
+        with torch.autocast(x.feats.device.type, enabled=False):
+            feats = _SparseConv.apply(x.feats.to(low), weight.to(low), kmap.nbr, kmap.rev)
+    else:
+        feats = _SparseConv.apply(x.feats, weight, kmap.nbr, kmap.rev)
     if bias is not None:
         feats = feats + bias
     return SparseTensor(feats, out_set)

@@ -1,0 +1,125 @@
+"""Augmentation keeps masks nested and volumes unchanged; training pairs come from either layout and both tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparseskull.augment import Augmentation, augment
+from sparseskull.pairs import PairSampler, collate, dice_by_batch, load_skulls, split, upsample_nearest
+from sparseskull.sparse.tensor import CoordinateSet
+
+
+def _box_pair():
+    complete = np.zeros((40, 30, 20), bool)
+    complete[5:30, 5:25, 3:15] = True
+    defective = complete.copy()
+    defective[10:20, 10:20, 5:10] = False
+    return complete, defective
+
+
+def test_identity_augmentation_only_moves_the_corner_to_the_origin():
+    complete, defective = _box_pair()
+    t, x = augment([complete, defective], np.random.default_rng(0), Augmentation.none())
+    np.testing.assert_array_equal(t, np.argwhere(complete) - [5, 5, 3])
+    np.testing.assert_array_equal(x, np.argwhere(defective) - [5, 5, 3])
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.5, 0.5, 1.25)])
+def test_rotations_keep_volume_and_nesting(spacing):
+    complete, defective = _box_pair()
+    for seed in range(5):
+        t, x = augment([complete, defective], np.random.default_rng(seed), Augmentation(rotate_deg=10, shift=6), spacing)
+        assert abs(len(t) - complete.sum()) / complete.sum() < 0.02  # nearest-neighbour rotation keeps the volume
+        assert abs(len(x) - defective.sum()) / defective.sum() < 0.02
+        truth = {tuple(v) for v in t}
+        assert all(tuple(v) in truth for v in x)  # the defective skull stays inside the complete one
+        assert t.min() >= 0 and np.all(t.min(axis=0) <= 6)  # placed at the drawn shift
+
+
+def test_rotation_is_rigid_in_millimetres_on_anisotropic_grids():
+    """A sphere in mm (an ellipsoid in voxels) stays the same sphere, whatever the rotation."""
+    spacing = np.array([0.5, 0.5, 1.5])
+    ijk = np.indices((60, 60, 20)).reshape(3, -1).T
+    mm = (ijk - [30, 30, 10]) * spacing
+    sphere = (np.linalg.norm(mm, axis=1) <= 12).reshape(60, 60, 20)
+    (out,) = augment([sphere], np.random.default_rng(3), Augmentation(rotate_deg=25, shift=0), spacing)
+    extent_mm = (out.max(axis=0) - out.min(axis=0) + 1) * spacing
+    np.testing.assert_allclose(extent_mm, 24.5, atol=1.6)  # a voxel of slack per side on the coarse axis
+
+
+def test_flip_mirrors_the_left_right_axis():
+    a = np.zeros((10, 4, 4), bool)
+    a[1:3, 1, 1] = True
+    a[8, 2, 2] = True
+    flipped = [augment([a], np.random.default_rng(s), Augmentation((0,), 0, 0))[0] for s in range(8)]
+    kinds = {tuple(map(tuple, f.tolist())) for f in flipped}
+    assert kinds == {((0, 0, 0), (1, 0, 0), (7, 1, 1)), ((0, 1, 1), (6, 0, 0), (7, 0, 0))}
+
+
+def test_upsampling_is_the_inverse_of_the_block_grid():
+    coarse = np.zeros((3, 3, 2), bool)
+    coarse[1, 2, 1] = True
+    up = upsample_nearest(coarse, 4, (12, 10, 7))
+    assert up.shape == (12, 10, 7)
+    assert up.sum() == 4 * 2 * 3 and up[4:8, 8:10, 4:7].all()
+
+
+def test_split_is_by_skull_fixed_and_disjoint(tiny_data):
+    skulls = load_skulls(tiny_data, 64)
+    a_train, a_val = split(skulls, 0.34, seed=1)
+    b_train, b_val = split(skulls, 0.34, seed=1)
+    assert [s.case_id for s in a_val] == [s.case_id for s in b_val] and len(a_val) == 1
+    assert not {s.case_id for s in a_train} & {s.case_id for s in a_val}
+    one_train, one_val = split(skulls[:1], 0.2, 0)
+    assert one_train == one_val == skulls[:1]  # one skull: an overfitting run validates on it
+
+
+def test_completion_pairs_from_stored_and_new_defects(tiny_data):
+    skulls = load_skulls(tiny_data, 64)
+    assert len(skulls) == 3 and all(len(s.defects) == 5 for s in skulls)  # SkullBreak layout: five classes each
+    assert skulls[0].complete.shape[:2] == (64, 64)
+    sampler = PairSampler(skulls, "completion", Augmentation(), new_defects=0.5)
+    rng = np.random.default_rng(0)
+    pairs = sampler.batch(rng, 6)
+    for p in pairs:
+        truth = {tuple(v) for v in p.target}
+        assert all(tuple(v) in truth for v in p.inputs)
+        assert 0.7 * len(p.target) < len(p.inputs) < len(p.target)  # a defect, not the whole skull
+    again = PairSampler(skulls, "completion", Augmentation(), new_defects=0.5).batch(np.random.default_rng(0), 6)
+    assert all(np.array_equal(a.inputs, b.inputs) and np.array_equal(a.target, b.target) for a, b in zip(pairs, again))
+    x, target = collate(pairs)
+    assert len(x) == sum(len(p.inputs) for p in pairs) and len(target) == sum(len(p.target) for p in pairs)
+    assert set(x.coords[:, 0].tolist()) == set(range(6))
+
+
+def test_fixed_validation_pairs_use_stored_defects_without_augmentation(tiny_data):
+    skulls = load_skulls(tiny_data, 64)
+    pairs = PairSampler(skulls[:1]).fixed()
+    assert len(pairs) == 5 and {p.defect for p in pairs} == {"bilateral", "frontoorbital", "parietotemporal", "random_1", "random_2"}
+    assert np.array_equal(PairSampler(skulls[:1]).fixed()[2].inputs, pairs[2].inputs)
+
+
+def test_super_resolution_pairs_upsample_the_coarse_skull(tiny_data):
+    skulls = load_skulls(tiny_data, 128, sr_from=64)
+    assert skulls[0].coarse.shape == skulls[0].complete.shape
+    pair = PairSampler(skulls, "super-resolution", Augmentation.none()).draw(np.random.default_rng(0))
+    x, target = collate([pair])
+    dsc = dice_by_batch(x.cset, target, 1)[0]
+    assert 0.4 < dsc < 0.95  # the upsampled coarse skull is a blocky version of the fine one
+
+
+def test_bad_settings_are_refused(tiny_data):
+    with pytest.raises(ValueError, match="coarser grid"):
+        load_skulls(tiny_data, 64, sr_from=128)
+    with pytest.raises(ValueError, match="resolution"):
+        load_skulls(tiny_data, 100)
+    with pytest.raises(ValueError, match="coarse copies"):
+        PairSampler(load_skulls(tiny_data, 64), "super-resolution")
+
+
+def test_dice_by_batch_counts_each_item_alone():
+    pred, _ = CoordinateSet.from_coords(torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [1, 5, 5, 5]]))
+    truth, _ = CoordinateSet.from_coords(torch.tensor([[0, 0, 0, 0], [1, 5, 5, 5], [1, 6, 5, 5], [1, 7, 5, 5]]))
+    assert dice_by_batch(pred, truth, 3) == pytest.approx([2 / 3, 0.5, 0.0])

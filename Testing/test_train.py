@@ -1,0 +1,171 @@
+"""The training script: it learns, it resumes exactly, it survives signals, it refuses bad checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparseskull.io import write_volume
+from sparseskull.resample import downsample_to
+from sparseskull.synth.defects import cut_random_defect
+from sparseskull.train import CheckpointError, TrainConfig, TrainingProcess, main, train
+from sparseskull.weights import load_model, read_info
+
+NO_AUG = dict(flip_axes=(), rotate_deg=0.0, shift=0)
+
+
+def losses(run: Path) -> list[float]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def one_skull_64(skull_512, tmp_path_factory) -> Path:
+    """One generated full-resolution skull brought to the paper's 64^2 x Z/8 grid, with one defect (SkullFix layout)."""
+    skull, _ = skull_512
+    complete = downsample_to(skull.mask, 64)
+    defect = cut_random_defect(complete, "parietotemporal", np.random.default_rng(0))
+    root = tmp_path_factory.mktemp("one") / "data"
+    write_volume(complete, root / "complete_skull" / "000.nrrd")
+    write_volume(defect.defective, root / "defective_skull" / "000.nrrd")
+    return root
+
+
+def test_overfits_one_skull_at_64_to_dsc_095_within_two_minutes(one_skull_64, tmp_path):
+    config = TrainConfig(
+        str(one_skull_64), str(tmp_path / "run"), steps=300, batch_size=1, lr=1e-2, warmup=5, validation=1,
+        val_every=100, checkpoint_every=300, new_defects=0.0, **NO_AUG,
+    )
+    t0 = time.perf_counter()
+    result = train(config, progress=False)
+    wall = time.perf_counter() - t0
+    assert result.finished and result.step == 300
+    assert result.val_dsc >= 0.95, (result.val_dsc, result.best_val_dsc)
+    assert wall < 120, wall
+    rows = losses(tmp_path / "run")
+    assert len(rows) == 300 and np.mean(rows[-10:]) < 0.1 * np.mean(rows[:10])
+    # the exported model says what it is and scores what validation said
+    model, info = load_model(result.model_path, task="completion")
+    assert info.resolution == 64 and info.input_resolution == 64 and info.channels == (8, 8, 16, 16, 32, 32, 64)
+    assert info.spacing_mm is not None and info.spacing_mm[0] > 3  # 64^2 grid: about 8x the CT's spacing
+    assert info.metrics["val_dsc"] == pytest.approx(result.val_dsc)
+    assert info.training["steps"] == 300 and info.training["train_skulls"] == 1
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["state"] == "done"
+
+
+def _config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(steps=30, batch_size=1, lr=3e-3, warmup=3, validation=1, val_every=1000, checkpoint_every=1000, seed=5, threads=2)
+    return TrainConfig(str(data), str(out), **{**base, **kw})
+
+
+def test_sigterm_saves_and_resume_continues_exactly(tiny_data, tmp_path):
+    """A run stopped by SIGTERM at some step and resumed gives the same loss sequence as an uninterrupted run."""
+    straight = _config(tiny_data, tmp_path / "straight")
+    train(straight, progress=False)
+    reference = losses(tmp_path / "straight")
+    assert len(reference) == 30
+
+    out = tmp_path / "stopped"
+    args = ["--data", str(tiny_data), "--out", str(out), "--steps", "30", "--batch-size", "1", "--lr", "3e-3", "--warmup", "3",
+            "--validation", "1", "--val-every", "1000", "--checkpoint-every", "1000", "--seed", "5", "--threads", "2", "--no-progress"]
+    job = TrainingProcess(args)
+    deadline = time.time() + 120
+    while time.time() < deadline and job.running():
+        p = job.progress()
+        if p and p.get("step", 0) >= 3:
+            break
+        time.sleep(0.05)
+    job.stop()
+    code = job.wait(120)
+    output = "\n".join(job.lines())
+    assert code == 143, output
+    assert "resume" in output and "Traceback" not in output
+    progress = json.loads((out / "progress.json").read_text())
+    stopped_at = progress["step"]
+    assert progress["state"] == "interrupted" and 3 <= stopped_at < 30
+    assert (out / "checkpoint.pt").is_file() and not list(out.glob(".*.tmp"))
+    assert len(losses(out)) == stopped_at
+
+    assert main(["--resume", str(out), "--no-progress"]) == 0
+    assert losses(out) == reference  # bit for bit: the batches depend on (seed, step) only
+
+
+def test_damaged_or_foreign_checkpoints_are_refused(tiny_data, tmp_path, capsys):
+    config = _config(tiny_data, tmp_path / "run", steps=2)
+    train(config, progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, progress=False)  # a new run never overwrites one
+    with pytest.raises(CheckpointError, match="other settings .*channels"):
+        train(replace(config, channels="4,4,8,8,16,16,32"), resume=True, progress=False)
+
+    ckpt.write_bytes(good[: len(good) // 2])
+    assert main(["--resume", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert "damaged" in capsys.readouterr().err
+
+    (tmp_path / "run" / "model.safetensors").replace(ckpt)  # a model file is not a checkpoint
+    with pytest.raises(CheckpointError):
+        train(config, resume=True, progress=False)
+
+    torch.save({"format": "something-else"}, ckpt)
+    with pytest.raises(CheckpointError, match="not a sparseskull training checkpoint"):
+        train(config, resume=True, progress=False)
+
+
+def test_super_resolution_training_exports_a_super_resolution_model(tiny_data, tmp_path):
+    result = train(_config(tiny_data, tmp_path / "sr", task="super-resolution", resolution=128, sr_from=64, steps=3, val_every=3), progress=False)
+    info = read_info(result.model_path)
+    assert info.task == "super-resolution" and info.resolution == 128 and info.input_resolution == 64
+    assert 0 <= result.val_dsc <= 1
+
+
+def test_mixed_precision_runs_on_cpu_in_bfloat16(tiny_data, tmp_path):
+    result = train(_config(tiny_data, tmp_path / "amp", steps=3, amp="bf16"), progress=False)
+    assert result.finished and all(np.isfinite(losses(tmp_path / "amp")))
+
+
+def test_bad_arguments_give_clear_errors(tiny_data, tmp_path, capsys):
+    assert main(["--data", str(tiny_data)]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "x"), "--no-progress"]) == 1
+    assert "not a skull data set" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sr-from"):
+        TrainConfig("d", "o", task="super-resolution")
+    with pytest.raises(ValueError, match="defect classes"):
+        TrainConfig("d", "o", classes=("frontal",))
+
+
+def test_two_processes_with_torchrun_on_gloo(tiny_data, tmp_path):
+    """Multi-process training as on several GPUs: 2 CPU processes, gradients averaged with gloo."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "sparseskull.train",
+           "--data", str(tiny_data), "--out", str(out), "--steps", "4", "--batch-size", "1", "--validation", "1", "--val-every", "4",
+           "--threads", "1", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert len(losses(out)) == 4  # one row per step, written by rank 0 only
+    assert read_info(out / "model.safetensors").task == "completion"
+
+
+def test_training_on_minkowski_engine_matches_the_torch_backend(tiny_data, tmp_path):
+    """The same network, data and seed train on MinkowskiEngine with the same losses."""
+    pytest.importorskip("MinkowskiEngine")
+    torch_run = train(_config(tiny_data, tmp_path / "t", steps=4, val_every=4), progress=False)
+    me_run = train(_config(tiny_data, tmp_path / "m", steps=4, val_every=4, backend="minkowski"), progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "m"), losses(tmp_path / "t"), rtol=2e-3)
+    assert me_run.val_dsc == pytest.approx(torch_run.val_dsc, abs=0.02)
