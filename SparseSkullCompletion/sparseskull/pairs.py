@@ -230,6 +230,17 @@ def collate(pairs: list[Pair], device="cpu") -> tuple[SparseTensor, CoordinateSe
     return x, target
 
 
+def with_input(pred: CoordinateSet, inputs: CoordinateSet) -> CoordinateSet:
+    """The completed skull as the paper defines it (Eq. 4: C_out = [C_in; C_imp]): the input's voxels
+    and the generated ones."""
+    return CoordinateSet(torch.unique(torch.cat([pred.keys, inputs.keys.to(pred.keys.device)])), pred.stride)
+
+
+def minus(a: CoordinateSet, b: CoordinateSet) -> CoordinateSet:
+    """The coordinates of ``a`` not in ``b`` (e.g. implant = completed minus defective)."""
+    return CoordinateSet(a.keys[~torch.isin(a.keys, b.keys.to(a.keys.device))], a.stride)
+
+
 def dice_by_batch(pred: CoordinateSet, target: CoordinateSet, batch_size: int) -> list[float]:
     """DSC of the predicted and target coordinates of each batch item (0 when both are empty)."""
     hit = torch.isin(pred.keys, target.keys)

@@ -33,12 +33,12 @@ import torch
 from sparseskull import __version__
 from sparseskull.augment import Augmentation
 from sparseskull.model import SparseCompletionNet, completion_loss, parse_channels
-from sparseskull.pairs import TASKS, PairSampler, collate, dice_by_batch, load_skulls, split
+from sparseskull.pairs import TASKS, PairSampler, collate, dice_by_batch, load_skulls, minus, split, with_input
 from sparseskull.synth.defects import DEFECT_CLASSES
 
 CHECKPOINT_FORMAT = "sparseskull-checkpoint"
 CHECKPOINT_VERSION = 1
-CSV_FIELDS = ("step", "loss", "lr", "val_dsc", "seconds")
+CSV_FIELDS = ("step", "loss", "lr", "val_dsc", "val_implant_dsc", "val_input_dsc", "seconds")
 
 
 class CheckpointError(ValueError):
@@ -201,7 +201,10 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
 
     steps = [int(r["step"]) for r in rows]
     loss = [float(r["loss"]) for r in rows]
-    val = [(int(r["step"]), float(r["val_dsc"])) for r in rows if r.get("val_dsc") not in (None, "")]
+    def series(key):
+        return [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+
+    val, implant, baseline = series("val_dsc"), series("val_implant_dsc"), series("val_input_dsc")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
     ax[0].plot(steps, loss, lw=0.8, color="tab:blue", alpha=0.5, label="loss")
     if len(loss) >= 10:
@@ -214,9 +217,15 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     ax[0].legend()
     ax[0].grid(alpha=0.3)
     if val:
-        ax[1].plot(*zip(*val), "o-", color="tab:green")
+        ax[1].plot(*zip(*val), "o-", color="tab:green", label="completed skull")
         best = max(val, key=lambda v: v[1])
         ax[1].set_title(f"best {best[1]:.4f} at step {best[0]}", fontsize=9)
+    if implant:
+        ax[1].plot(*zip(*implant), "s-", color="tab:orange", label="implant (completed minus input)")
+    if baseline:
+        ax[1].axhline(baseline[-1][1], color="grey", ls="--", lw=1, label=f"input alone {baseline[-1][1]:.3f}")
+    if val or implant:
+        ax[1].legend(fontsize=8)
     ax[1].set_xlabel("step")
     ax[1].set_ylabel("validation DSC")
     ax[1].grid(alpha=0.3)
@@ -316,18 +325,29 @@ def to_backend(x, backend: str):
     return x
 
 
-def validate(model, pairs, config: TrainConfig, device) -> float:
-    """Mean completion (or super-resolution) DSC over the fixed validation pairs, in eval mode."""
+def validate(model, pairs, config: TrainConfig, device) -> dict:
+    """Mean DSC over the fixed validation pairs, in eval mode. Completion: the completed skull is the
+    input plus what the network generates (the paper's Eq. 4), so ``dsc`` starts at the input's own
+    DSC against the complete skull (``input_dsc``); ``implant_dsc`` scores what was added (completed
+    minus input) against the true implant (complete minus input), which is the part that is learned."""
     model.eval()
-    scores = []
+    dsc, implant, baseline = [], [], []
     with torch.no_grad():
         for i in range(0, len(pairs), config.batch_size):
             chunk = pairs[i : i + config.batch_size]
             x, target = collate(chunk, device)
             out = model(to_backend(x, config.backend), tau=config.tau)
-            scores += dice_by_batch(_coordinate_set(out.output), target, len(chunk))
+            pred = _coordinate_set(out.output)
+            if config.task == "completion":
+                pred = with_input(pred, x.cset)
+                implant += dice_by_batch(minus(pred, x.cset), minus(target, x.cset), len(chunk))
+            dsc += dice_by_batch(pred, target, len(chunk))
+            baseline += dice_by_batch(x.cset, target, len(chunk))
     model.train()
-    return float(np.mean(scores))
+    result = {"dsc": float(np.mean(dsc)), "input_dsc": float(np.mean(baseline))}
+    if implant:
+        result["implant_dsc"] = float(np.mean(implant))
+    return result
 
 
 def _coordinate_set(y):
@@ -454,21 +474,26 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 history["seconds"] += now - t_last
                 t_last = now
                 done = step + 1
-                val = None
+                val = val_implant = None
                 if val_pairs and (done % config.val_every == 0 or done == config.steps):
                     _all_reduce_mean([b for b in model.buffers() if b.dtype.is_floating_point], dist_info)
                     if dist_info.main:
-                        val = validate(model, val_pairs, config, device)
+                        scores = validate(model, val_pairs, config, device)
+                        val, val_implant = scores["dsc"], scores.get("implant_dsc")
+                        history["val_input_dsc"], history["val_implant_dsc"] = scores["input_dsc"], val_implant
                         if history["best_val_dsc"] is None or val > history["best_val_dsc"]:
                             history["best_val_dsc"], history["best_step"] = val, done
                     t_last = time.perf_counter()  # validation time is not training time
                 if writer:
                     writer.writerow({"step": done, "loss": f"{loss_value:.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                                     "val_dsc": "" if val is None else f"{val:.6f}", "seconds": f"{history['seconds']:.3f}"})
+                                     "val_dsc": _cell(val), "val_implant_dsc": _cell(val_implant),
+                                     "val_input_dsc": _cell(history.get("val_input_dsc") if val is not None else None),
+                                     "seconds": f"{history['seconds']:.3f}"})
                     csv_file.flush()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", **({"val_dsc": f"{val:.4f}"} if val is not None else {}))
+                    shown = {"val_dsc": val, "implant_dsc": val_implant}
+                    bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.4f}" for k, v in shown.items() if v is not None})
                 stop_now = _agree_on_stop(stop.signal, dist_info)
                 if done % config.checkpoint_every == 0 or done == config.steps or stop_now:
                     checkpoint(done)
@@ -499,6 +524,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             model_path = export(model, config, out / "model.safetensors", train_skulls, val_skulls, history, val, device)
         status("done" if finished else "interrupted", step, loss_value, val)
     return TrainResult(out, step, finished, val, history["best_val_dsc"], history["seconds"], model_path, stopped_by)
+
+
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.6f}"
 
 
 def _agree_on_stop(signum, dist_info: Dist) -> bool:
@@ -559,7 +588,8 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "device": str(device),
             "backend": config.backend,
         },
-        metrics={"val_dsc": val, "best_val_dsc": history["best_val_dsc"], "best_step": history["best_step"]},
+        metrics={"val_dsc": val, "val_implant_dsc": history.get("val_implant_dsc"), "val_input_dsc": history.get("val_input_dsc"),
+                 "best_val_dsc": history["best_val_dsc"], "best_step": history["best_step"]},
     )
     return save_model(model.cpu(), path, info)
 
