@@ -1,4 +1,8 @@
-"""`sparseskull bench engine`: one 3x3x3 16->16 sparse convolution on ellipsoid shells, per backend.
+"""Benchmarks (commands, not tests).
+
+`sparseskull bench engine`: one 3x3x3 16->16 sparse convolution on ellipsoid shells, per backend.
+`sparseskull bench train`: training steps of the paper's network (ch1) on one generated skull at the
+paper's resolutions (64^2 x Z/8 to 512^2 x Z), per backend.
 
 Each (grid, backend) runs in its own process, so its peak RSS is its own. Times are medians of a
 few repeats on the configured threads; ratios compare backends measured in the same run, because
@@ -183,6 +187,102 @@ def bench_engine(grids=(128, 256), backends=None, threads: int = 2, json_path: s
     return result
 
 
+def _reset_peak() -> None:
+    """Start the peak-RSS count afresh (Linux): a child inherits its parent's high-water mark across
+    fork and exec, which would hide its own peak under the parent's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict:
+    """Time ``steps`` training steps (batch 1, Adam) after two warm-up steps, in this process."""
+    import numpy as np
+    import torch
+
+    from sparseskull.model import SparseCompletionNet, completion_loss
+    from sparseskull.pairs import Pair, collate
+    from sparseskull.train import to_backend
+
+    _reset_peak()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    data = np.load(pair_file)
+    x, target = collate([Pair(data["inputs"], data["target"], "bench", "parietotemporal")])
+    model = SparseCompletionNet("ch1").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times, kept = [], None
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        out = model(to_backend(x, backend), target=target)
+        loss = completion_loss(out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+        kept = [lvl.kept for lvl in out.levels]
+    return {"backend": backend, "input_voxels": len(x), "target_voxels": len(target), "step_s": round(statistics.median(times), 3),
+            "kept_per_level": kept, "peak_mib": _peak_mib(), "threads": threads}
+
+
+def bench_train(resolutions=(64, 128, 256), backends=("torch",), steps: int = 5, threads: int = 2, seed: int = 5, json_path: str | None = None) -> dict:
+    """Per resolution and backend: median seconds per training step (batch 1) and peak memory, on one
+    generated skull with a parietotemporal defect, the network untrained (it keeps more points than
+    a trained one, so these are upper bounds)."""
+    import tempfile
+
+    import numpy as np
+
+    from sparseskull.augment import Augmentation, augment
+    from sparseskull.resample import downsample_to
+    from sparseskull.synth.defects import cut_random_defect
+    from sparseskull.synth.skull import generate_skull
+
+    skull = generate_skull(seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for res in resolutions:
+            complete = skull.mask if res == skull.mask.shape[0] else downsample_to(skull.mask, res)
+            defect = cut_random_defect(complete, "parietotemporal", np.random.default_rng(0))
+            target, inputs = augment([complete.array, defect.defective.array], np.random.default_rng(0), Augmentation.none())
+            pair_file = str(Path(tmp) / f"pair{res}.npz")
+            np.savez(pair_file, inputs=inputs, target=target)
+            for backend in backends:
+                cmd = [sys.executable, "-m", "sparseskull.bench", "train", pair_file, backend, str(threads), str(steps)]
+                run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                row = {"resolution": res, "grid": list(complete.shape)}
+                if run.returncode != 0:
+                    row.update(backend=backend, error=(run.stderr.strip().splitlines() or ["failed"])[-1])
+                else:
+                    row.update(json.loads(run.stdout.strip().splitlines()[-1]))
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+    result = {"threads": threads, "steps": steps, "rows": rows, "ratios": {}}
+    by = {(r["resolution"], r["backend"]): r for r in rows if "step_s" in r}
+    for (res, backend), r in by.items():
+        if backend != "torch" and (res, "torch") in by:
+            result["ratios"][f"{res}: torch_vs_{backend}_step"] = round(by[(res, "torch")]["step_s"] / r["step_s"], 3)
+            result["ratios"][f"{res}: torch_vs_{backend}_peak_mib"] = round(by[(res, "torch")]["peak_mib"] / r["peak_mib"], 3)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 if __name__ == "__main__":
-    grid, backend, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    print(json.dumps(_run_one(grid, backend, threads)))
+    if sys.argv[1] == "train":
+        print(json.dumps(_train_steps(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+    else:
+        grid, backend, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+        print(json.dumps(_run_one(grid, backend, threads)))

@@ -38,7 +38,18 @@ def _cmd_make_sample(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from sparseskull.bench import bench_engine
+    from sparseskull.bench import bench_engine, bench_train
+
+    if args.what == "train":
+        result = bench_train(args.resolutions, args.backends or ["torch"], steps=args.steps, threads=args.threads, json_path=args.json)
+        print(f"{'res':>4} {'grid':>16} {'backend':>10} {'input vox':>10} {'target vox':>10} {'s/step':>7} {'peak MiB':>9}")
+        for r in result["rows"]:
+            if "step_s" in r:
+                print(f"{r['resolution']:>4} {'x'.join(map(str, r['grid'])):>16} {r['backend']:>10} {r['input_voxels']:>10,} {r['target_voxels']:>10,} {r['step_s']:>7.3f} {r['peak_mib']:>9.0f}")
+            else:
+                print(f"{r['resolution']:>4} {'x'.join(map(str, r['grid'])):>16} {r['backend']:>10}  {r.get('error')}")
+        print(f"ratios: {json.dumps(result['ratios'])}")
+        return 0
 
     grids = list(args.grids) + ([512] if args.big else [])
     result = bench_engine(grids, args.backends, threads=args.threads, json_path=args.json)
@@ -97,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
     p.set_defaults(func=_cmd_make_data)
 
-    p = sub.add_parser("bench", help="benchmarks (commands, not tests): `bench engine` times one sparse layer per backend")
-    p.add_argument("what", choices=["engine"], help="engine: one 3x3x3 16->16 layer on ellipsoid shells")
+    p = sub.add_parser("bench", help="benchmarks (commands, not tests): `bench engine` one sparse layer, `bench train` training steps")
+    p.add_argument("what", choices=["engine", "train"], help="engine: one 3x3x3 16->16 layer on ellipsoid shells; train: ch1 training steps on a generated skull")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256], help="train: the paper's resolutions to time (default 64 128 256)")
+    p.add_argument("--steps", type=int, default=5, help="train: timed steps after two warm-up steps (default 5)")
     p.add_argument("--grids", type=int, nargs="+", default=[128, 256], help="cube sizes (default 128 256)")
     p.add_argument("--big", action="store_true", help="add 512^3 (about 9 GiB and minutes per backend)")
     p.add_argument("--backends", nargs="+", default=None, help="torch minkowski spconv dense (default: every installed one, and dense)")
