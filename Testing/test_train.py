@@ -176,3 +176,12 @@ def test_training_on_minkowski_engine_matches_the_torch_backend(tiny_data, tmp_p
     me_run = train(_config(tiny_data, tmp_path / "m", steps=4, val_every=4, backend="minkowski"), progress=False)
     np.testing.assert_allclose(losses(tmp_path / "m"), losses(tmp_path / "t"), rtol=2e-3)
     assert me_run.val_dsc == pytest.approx(torch_run.val_dsc, abs=0.02)
+
+
+def test_trains_on_real_skullfix_cases(real_data, tmp_path):
+    """Two real SkullFix skulls (512^2 x Z, oblique ones among the 75) downsampled to 64^2 x Z/8 on load."""
+    result = train(TrainConfig(str(real_data), str(tmp_path / "real"), steps=2, batch_size=2, max_cases=2, validation=1,
+                               val_every=2, threads=2), progress=False)
+    assert result.finished and 0 < result.val_dsc <= 1
+    info = read_info(result.model_path)
+    assert info.training["train_skulls"] == 1 and 3 < info.spacing_mm[0] < 4.5  # 8 x about 0.45 mm

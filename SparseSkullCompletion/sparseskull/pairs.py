@@ -86,11 +86,13 @@ def load_skulls(
     classes: tuple[str, ...] | None = None,
     case_ids: list[str] | None = None,
     progress=None,
+    limit: int | None = None,
 ) -> list[Skull]:
     """The skulls of a data set (SkullFix, SkullBreak or complete-only layout) at ``resolution``.
 
     Coarse copies written by ``make-data`` are used where they exist; otherwise masks are read at full
     resolution and downsampled (and cached). ``sr_from``: also make the super-resolution input.
+    ``limit``: only the first ``limit`` skulls (by id).
     """
     if resolution not in PAPER_RESOLUTIONS:
         raise ValueError(f"resolution must be one of {PAPER_RESOLUTIONS}; got {resolution}")
@@ -109,6 +111,8 @@ def load_skulls(
         if missing:
             raise ValueError(f"{root}: no case {', '.join(missing)}")
         by_id = {cid: by_id[cid] for cid in case_ids}
+    if limit is not None:
+        by_id = dict(sorted(by_id.items())[:limit])
     skulls = []
     items = list(by_id.items())
     for cid, cases in (progress(items, desc=f"loading skulls at {resolution}", unit="skull") if progress else items):

@@ -400,9 +400,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         from tqdm import tqdm
 
         bar_factory = tqdm
-    skulls = load_skulls(config.data, config.resolution, config.sr_from, progress=bar_factory)
-    if config.max_cases:
-        skulls = skulls[: config.max_cases]
+    skulls = load_skulls(config.data, config.resolution, config.sr_from, progress=bar_factory, limit=config.max_cases)
     train_skulls, val_skulls = split(skulls, config.validation, config.seed)
     aug = Augmentation(config.flip_axes, config.rotate_deg, config.shift)
     sampler = PairSampler(train_skulls, config.task, aug, config.classes, config.new_defects)
