@@ -185,3 +185,13 @@ def test_trains_on_real_skullfix_cases(real_data, tmp_path):
     assert result.finished and 0 < result.val_dsc <= 1
     info = read_info(result.model_path)
     assert info.training["train_skulls"] == 1 and 3 < info.spacing_mm[0] < 4.5  # 8 x about 0.45 mm
+
+
+def test_the_sparseskull_command_hands_train_its_own_options(capsys):
+    from sparseskull.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "--help"])
+    assert exc.value.code == 0 and "--resume" in capsys.readouterr().out
+    assert cli_main(["train", "--steps", "5"]) == 1
+    assert "give --data and --out" in capsys.readouterr().err

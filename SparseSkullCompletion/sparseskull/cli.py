@@ -64,10 +64,10 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from sparseskull.train import run
+def _cmd_train(argv: list[str]) -> int:
+    from sparseskull.train import main as train_main
 
-    return run(args)
+    return train_main(argv, prog="sparseskull train")
 
 
 def _cmd_info(args) -> int:
@@ -119,10 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_bench)
 
-    from sparseskull.train import add_arguments
-
-    p = sub.add_parser("train", help="train the network (completion or super-resolution); also `python -m sparseskull.train`")
-    add_arguments(p)
+    # its options live in train.py, parsed there, so that `sparseskull --help` need not import torch
+    p = sub.add_parser("train", add_help=False, help="train the network (completion or super-resolution); `sparseskull train --help`")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="print the network's layer table (the paper's Table 1) and parameter count")
@@ -136,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":  # train.py parses its own options
+        return _cmd_train(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -765,8 +765,8 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sparseskull.train", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m sparseskull.train") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
     try:
