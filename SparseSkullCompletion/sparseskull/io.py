@@ -129,12 +129,23 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary file beside ``path`` with the same (possibly double) suffix."""
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
+    """Make ``path`` by calling ``write(tmp)`` on a temporary file beside it, then renaming it into place:
+    readers never see a half-written file, and a failure leaves the previous file (or none). The file
+    gets the usual permissions (mkstemp's are owner-only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True, compression_level: int = 1) -> Path:
@@ -144,22 +155,19 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,
         raise ValueError(f"{path}: unknown image format; use one of {', '.join(IMAGE_SUFFIXES)}")
     if path.name.lower().endswith((".mhd", ".nhdr")):
         raise ValueError(f"{path}: detached-header formats are not written; use .nrrd, .nii.gz or .mha")
-    path.parent.mkdir(parents=True, exist_ok=True)
     sitk = _sitk()
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: Path) -> None:
         writer = sitk.ImageFileWriter()
         writer.SetFileName(str(tmp))
         writer.SetUseCompression(compress)
         if compress:
             writer.SetCompressionLevel(compression_level)
         writer.Execute(volume_to_image(volume))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    # the temporary file keeps the (possibly double) image suffix: SimpleITK picks the format by it
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+    return atomic_write(path, write, suffix)
 
 
 def read_mask(path: str | os.PathLike) -> Volume:

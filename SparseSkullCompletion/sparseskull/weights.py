@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from sparseskull import __version__
+from sparseskull.io import atomic_write
 from sparseskull.model import SparseCompletionNet
 
 FORMAT = "sparseskull-model"
@@ -65,19 +65,9 @@ def save_model(model: SparseCompletionNet, path: str | os.PathLike, info: ModelI
 
     if tuple(info.channels) != tuple(model.channels):
         raise ValueError(f"info.channels {info.channels} differ from the model's {model.channels}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": _digest(tensors), **asdict(info)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"sparseskull": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sparseskull": json.dumps(meta)}))
 
 
 def read_info(path: str | os.PathLike) -> ModelInfo:

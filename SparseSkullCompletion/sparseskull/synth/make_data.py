@@ -13,7 +13,7 @@ import numpy as np
 
 from sparseskull import __version__
 from sparseskull.dataset import COMPLETE, CT, DEFECTIVE, IMPLANT
-from sparseskull.io import write_volume
+from sparseskull.io import atomic_write, write_volume
 from sparseskull.resample import PAPER_RESOLUTIONS, downsample_pyramid
 from sparseskull.synth.ct import synthesize_ct
 from sparseskull.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
@@ -140,7 +140,5 @@ def make_data(
         "layout": "skullbreak",
         "cases": entries,
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     return manifest
