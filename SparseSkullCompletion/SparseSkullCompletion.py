@@ -149,7 +149,7 @@ def launchTraining(*args, **options):
     def flush():
         for line in job.lines():
             print(line)
-        if not job.running() and not job._queue.qsize():
+        if job.drained():
             timer.stop()
 
     timer.connect("timeout()", flush)

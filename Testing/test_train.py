@@ -96,6 +96,7 @@ def test_sigterm_saves_and_resume_continues_exactly(tiny_data, tmp_path):
     job.stop()
     code = job.wait(120)
     output = "\n".join(job.lines())
+    assert job.drained()  # wait() joined the reader: every line has been taken
     assert code == 143, output
     assert "resume" in output and "Traceback" not in output
     progress = json.loads((out / "progress.json").read_text())

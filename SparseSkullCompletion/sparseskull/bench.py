@@ -45,6 +45,18 @@ def _timed(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def _peak_mib() -> float:
+    """This process's peak resident memory. VmHWM starts afresh at exec; ru_maxrss (the fallback off
+    Linux) carries the parent's high-water mark into a child, which would hide the child's own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
 def _run_one(grid: int, backend: str, threads: int) -> dict:
     import torch
 
@@ -131,7 +143,7 @@ def _run_one(grid: int, backend: str, threads: int) -> dict:
         row["note"] = "spconv: no backward on CPU; one thread on CPU (its multi-threaded CPU path races)"
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    row["peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    row["peak_mib"] = _peak_mib()
     return row
 
 
@@ -187,25 +199,6 @@ def bench_engine(grids=(128, 256), backends=None, threads: int = 2, json_path: s
     return result
 
 
-def _reset_peak() -> None:
-    """Start the peak-RSS count afresh (Linux): a child inherits its parent's high-water mark across
-    fork and exec, which would hide its own peak under the parent's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
-
-
 def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict:
     """Time ``steps`` training steps (batch 1, Adam) after two warm-up steps, in this process."""
     import numpy as np
@@ -215,7 +208,6 @@ def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict
     from sparseskull.pairs import Pair, collate
     from sparseskull.train import to_backend
 
-    _reset_peak()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     data = np.load(pair_file)

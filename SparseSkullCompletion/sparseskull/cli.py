@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_bench)
 
-    # its options live in train.py, parsed there, so that `sparseskull --help` need not import torch
-    p = sub.add_parser("train", add_help=False, help="train the network (completion or super-resolution); `sparseskull train --help`")
-    p.set_defaults(func=_cmd_train)
+    # listed for --help only: main() hands `train` its own options (train.py parses them), so that
+    # `sparseskull --help` need not import torch
+    sub.add_parser("train", add_help=False, help="train the network (completion or super-resolution); `sparseskull train --help`")
 
     p = sub.add_parser("info", help="print the network's layer table (the paper's Table 1) and parameter count")
     p.add_argument("--channels", default="ch1", help="ch1, ch2 or seven comma-separated channel counts (default ch1)")

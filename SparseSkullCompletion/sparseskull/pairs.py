@@ -188,8 +188,13 @@ class PairSampler:
         if skull.defects and rng.random() >= self.new_defects:
             cls, defective = skull.defects[int(rng.integers(len(skull.defects)))]
             return defective, complete, cls
+        cls, defective = self._new_defect(skull, rng)
+        return defective, complete, cls
+
+    def _new_defect(self, skull: Skull, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+        """A random defect of a random class among ``classes``, cut from the complete skull."""
         cls = self.classes[int(rng.integers(len(self.classes)))]
-        return np.asarray(cut_random_defect(skull.bone, cls, rng).defective.array, dtype=bool), complete, cls
+        return cls, np.asarray(cut_random_defect(skull.bone, cls, rng).defective.array, dtype=bool)
 
     def draw(self, rng: np.random.Generator) -> Pair:
         skull = self.skulls[int(rng.integers(len(self.skulls)))]
@@ -212,8 +217,7 @@ class PairSampler:
                 masks = skull.defects
             else:
                 rng = np.random.default_rng([seed, int(hashlib.sha256(skull.case_id.encode()).hexdigest()[:8], 16)])
-                cls = self.classes[int(rng.integers(len(self.classes)))]
-                masks = [(cls, np.asarray(cut_random_defect(skull.bone, cls, rng).defective.array, dtype=bool))]
+                masks = [self._new_defect(skull, rng)]
             for cls, inputs in masks:
                 t, x = augment([complete, inputs], np.random.default_rng(0), Augmentation.none())
                 pairs.append(Pair(x, t, skull.case_id, cls))

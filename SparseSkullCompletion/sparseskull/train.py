@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from sparseskull import __version__
 from sparseskull.augment import Augmentation
+from sparseskull.io import atomic_write
 from sparseskull.model import SparseCompletionNet, completion_loss, parse_channels
 from sparseskull.pairs import TASKS, PairSampler, collate, dice_by_batch, load_skulls, minus, split, with_input
 from sparseskull.synth.defects import DEFECT_CLASSES
@@ -140,20 +140,8 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 # ---------------------------------------------------------------------------- files, written atomically
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_json(path: Path, obj) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: TrainConfig, history: dict) -> None:
@@ -167,7 +155,7 @@ def save_checkpoint(path: Path, model, optimizer, scaler, step: int, config: Tra
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
     }
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -231,7 +219,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     ax[1].grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
@@ -428,7 +416,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {**asdict(config), "package_version": __version__, "train_skulls": [s.case_id for s in train_skulls],
                                          "val_skulls": [s.case_id for s in val_skulls], "world_size": dist_info.world})
-        _atomic(csv_path, lambda tmp: _write_csv(tmp, rows))
+        atomic_write(csv_path, lambda tmp: _write_csv(tmp, rows))
     csv_file = open(csv_path, "a", newline="") if dist_info.main else None
     writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS) if csv_file else None
 
@@ -437,8 +425,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             write_json(out / "progress.json", {"state": state_name, "step": step, "steps": config.steps, "loss": loss, "val_dsc": val,
                                                "best_val_dsc": history["best_val_dsc"], "seconds": history["seconds"], "pid": os.getpid(), **extra})
 
+    def sync_norm_statistics():  # the batch norms' running statistics, averaged over the processes
+        _all_reduce_mean([b for b in model.buffers() if b.dtype.is_floating_point], dist_info)
+
     def checkpoint(step: int):
-        _all_reduce_mean([b for b in model.buffers() if b.dtype.is_floating_point], dist_info)  # BN statistics agree
+        sync_norm_statistics()
         if dist_info.main:
             save_checkpoint(ckpt_path, model, optimizer, scaler, step, config, history)
 
@@ -474,7 +465,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 done = step + 1
                 val = val_implant = None
                 if val_pairs and (done % config.val_every == 0 or done == config.steps):
-                    _all_reduce_mean([b for b in model.buffers() if b.dtype.is_floating_point], dist_info)
+                    sync_norm_statistics()
                     if dist_info.main:
                         scores = validate(model, val_pairs, config, device)
                         val, val_implant = scores["dsc"], scores.get("implant_dsc")
@@ -644,6 +635,10 @@ class TrainingProcess:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def drained(self) -> bool:
+        """The process has ended and all its output has been taken with ``lines()``."""
+        return not self.running() and not self._thread.is_alive() and self._queue.empty()
 
     def stop(self) -> None:
         """Ask the run to save its checkpoint and exit (SIGTERM; on Windows the process is terminated)."""
