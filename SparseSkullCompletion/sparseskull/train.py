@@ -74,6 +74,7 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16/fp16 autocast on CUDA, off elsewhere
     workers: int = 0
     threads: int | None = None
+    init: str | None = None  # a model file whose weights start the run (fine-tuning); schedule and optimizer start afresh
 
     # settings that may differ on --resume without changing the loss sequence
     RUNTIME = ("device", "workers", "threads", "out", "data")
@@ -360,6 +361,24 @@ class TrainResult:
     stopped_by: str | None = None
 
 
+def _read_training(path) -> dict:
+    from sparseskull.weights import read_info
+
+    return read_info(path).training
+
+
+def _init_from(model: SparseCompletionNet, config: TrainConfig) -> None:
+    """Start from a model file's weights; it must be the same network and task."""
+    from sparseskull.weights import load_model
+
+    init, info = load_model(config.init, task=config.task)
+    if tuple(info.channels) != tuple(model.channels):
+        raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {list(model.channels)}")
+    if info.resolution != config.resolution:
+        print(f"note: --init {config.init} was trained at {info.resolution}; fine-tuning it at {config.resolution}", file=sys.stderr)
+    model.load_state_dict(init.state_dict())
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     out = Path(config.out)
     ckpt_path, csv_path = out / "checkpoint.pt", out / "metrics.csv"
@@ -399,6 +418,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start, history = 0, {"best_val_dsc": None, "best_step": None, "seconds": 0.0}
+    if config.init and state is None:
+        _init_from(model, config)
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -576,6 +597,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "seconds": round(history["seconds"], 1),
             "device": str(device),
             "backend": config.backend,
+            **({"init": str(config.init), "init_training": _read_training(config.init)} if config.init else {}),
         },
         metrics={"val_dsc": val, "val_implant_dsc": history.get("val_implant_dsc"), "val_input_dsc": history.get("val_input_dsc"),
                  "best_val_dsc": history["best_val_dsc"], "best_step": history["best_step"]},
@@ -725,6 +747,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default=d.amp, help="mixed precision (auto: on CUDA)")
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--init", metavar="MODEL", default=None, help="start from this model file's weights (fine-tuning; fresh optimizer and schedule)")
     p.add_argument("--no-progress", action="store_true")
 
 
