@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from sparseskull import demo
+from sparseskull import demo, pipeline
 from sparseskull.io import read_mask
+from sparseskull.mesh import check_mesh, read_stl
 from sparseskull.sample import load_sample, sample_dir
 
 
@@ -27,13 +28,22 @@ def test_bundled_sample_is_small_complete_and_consistent():
     assert s.info["defect_class"] == "parietotemporal"
 
 
-def test_demo_writes_mask_picture_and_metrics(tmp_path):
+def test_demo_writes_implant_masks_picture_and_metrics(tmp_path):
+    """The README's first command, in-process: the whole pipeline on the bundled CT with the default
+    shipped model, and the comparison with the sample's ground truth."""
     out = tmp_path / "demo_out"
     report = demo.run_demo(out)
-    assert sorted(p.name for p in out.iterdir()) == ["preview.png", "report.json", "skull_mask.nrrd"]
+    names = sorted(p.name for p in out.iterdir())
+    assert set(names) >= {"completed_skull.nrrd", "defective_skull.nrrd", "implant.nrrd", "preview.png", "report.json"}
     assert json.loads((out / "report.json").read_text()) == report
-    assert report["mask_dsc_vs_truth"] > 0.9
-    mask = read_mask(out / "skull_mask.nrrd")
+    truth = report["vs_truth"]
+    assert truth["skull_mask_dsc"] > 0.9  # thresholding and keeping the skull
+    assert 0 <= truth["implant_dsc"] <= 1 and truth["truth_implant_volume_cm3"] > 20
+    assert truth["input_alone_dsc"] < 1
+    if report["defect_found"]:
+        assert "implant.stl" in names and report["mesh"]["watertight"]
+        assert check_mesh(read_stl(out / "implant.stl")).watertight
+    mask = read_mask(out / "defective_skull.nrrd")
     assert mask.same_grid(load_sample().ct)
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folders left behind"
@@ -43,7 +53,7 @@ def test_failed_demo_leaves_no_partial_output(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("rendering failed")
 
-    monkeypatch.setattr(demo, "preview", broken)
+    monkeypatch.setattr(pipeline, "preview", broken)
     with pytest.raises(RuntimeError):
         demo.run_demo(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -53,17 +63,18 @@ def test_failed_demo_keeps_the_previous_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     demo.run_demo(out, picture=False)
     before = sorted(p.name for p in out.iterdir())
-    monkeypatch.setattr(demo, "skull_mask_from_ct", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(pipeline, "write_volume", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
         demo.run_demo(out, picture=False)
     assert sorted(p.name for p in out.iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_command_is_installed_and_lists_its_subcommands():
     exe = shutil.which("sparseskull")
     assert exe, "the sparseskull command is not on PATH: pip install -e ."
     help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for sub in ("demo", "make-data"):
+    for sub in ("demo", "complete", "models", "make-data", "train"):
         assert sub in help_text
     module = subprocess.run([sys.executable, "-m", "sparseskull", "--version"], capture_output=True, text=True, check=True)
     assert module.stdout.startswith("sparseskull ")

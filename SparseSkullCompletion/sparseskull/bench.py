@@ -206,7 +206,7 @@ def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict
 
     from sparseskull.model import SparseCompletionNet, completion_loss
     from sparseskull.pairs import Pair, collate
-    from sparseskull.train import to_backend
+    from sparseskull.sparse.backends import to_backend
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

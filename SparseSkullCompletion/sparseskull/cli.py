@@ -21,12 +21,79 @@ def _cmd_make_data(args) -> int:
     return 0
 
 
+def _stage_printer():
+    """Progress per pipeline stage on stderr: '[3/8] model grid (1.2 s)'."""
+    t0 = time.perf_counter()
+
+    def show(name: str, index: int, total: int) -> None:
+        print(f"[{index + 1}/{total}] {name} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _summary(report: dict, out: str) -> None:
+    implant = report["implant"]
+    if report["defect_found"]:
+        mesh = report["mesh"]
+        print(f"implant: {implant['volume_cm3']:.1f} cm^3 ({mesh['volume_cm3']:.1f} cm^3 as mesh, {mesh['area_cm2']:.0f} cm^2, "
+              f"{mesh['triangles']:,} triangles, watertight: {mesh['watertight']}), STL in {mesh['space']}")
+    else:
+        print(report["message"])
+    for w in report.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"model {report['model']['name']} on {report['device']} ({report['backend']}); {report['seconds']['total'] + report['seconds'].get('write', 0):.1f} s; "
+          f"peak memory {report.get('peak_mib', 0):.0f} MiB")
+    print(f"outputs in {out}/: {', '.join(report.get('files', []))}")
+
+
 def _cmd_demo(args) -> int:
     from sparseskull.demo import run_demo
 
-    report = run_demo(args.out, threshold_hu=args.threshold_hu, picture=not args.no_picture)
-    print(json.dumps(report, indent=1))
-    print(f"outputs in {args.out}/: skull_mask.nrrd, report.json" + ("" if args.no_picture else ", preview.png"))
+    report = run_demo(args.out, threshold_hu=args.threshold_hu, picture=not args.no_picture, model=args.model, device=args.device,
+                      backend=args.backend, progress=_stage_printer())
+    truth = report["vs_truth"]
+    hd95 = "-" if truth["implant_hd95_mm"] is None else f"{truth['implant_hd95_mm']:.2f} mm"
+    print(f"against the sample's ground truth: implant DSC {truth['implant_dsc']:.3f}, bDSC {truth['implant_bdsc']:.3f}, HD95 {hd95}; "
+          f"completed skull DSC {truth['completion_dsc']:.4f} (input alone {truth['input_alone_dsc']:.4f}); "
+          f"implant {truth['implant_volume_cm3']:.1f} cm^3 (truth {truth['truth_implant_volume_cm3']:.1f})")
+    _summary(report, args.out)
+    return 0
+
+
+def _threshold(value: str):
+    return value if value == "auto" else float(value)
+
+
+def _cmd_complete(args) -> int:
+    from sparseskull.pipeline import CompleteOptions, run_complete
+
+    options = CompleteOptions(
+        threshold_hu=args.threshold_hu, input_kind=args.input_kind, model=args.model, device=args.device, backend=args.backend,
+        min_implant_mm3=args.min_implant_mm3, clearance_mm=args.clearance_mm, smoothing_iterations=args.smoothing,
+        decimate=args.decimate, stl_space=args.stl_space, skull_stl=args.skull_stl, preview=not args.no_preview, threads=args.threads,
+    )
+    result = run_complete(args.input, args.out, options, progress=_stage_printer())
+    _summary(result.report, args.out)
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from sparseskull.models import default_model_name, list_models, models_dir
+
+    models = list_models()
+    if not models:
+        print(f"no shipped models in {models_dir()}")
+        return 1
+    default = default_model_name()
+    print(f"{'name':<24} {'task':<16} {'resolution':>10} {'spacing mm':>20} {'val implant DSC':>15} {'val DSC':>8}")
+    for m in models:
+        i = m.info
+        spacing = "x".join(f"{v:.2f}" for v in i.spacing_mm) if i.spacing_mm else "-"
+        res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
+        imp, dsc = i.metrics.get("val_implant_dsc"), i.metrics.get("val_dsc")
+        mark = " (default)" if m.name == default else ""
+        print(f"{m.name + mark:<24} {i.task:<16} {res:>10} {spacing:>20} {'-' if imp is None else f'{imp:.3f}':>15} {'-' if dsc is None else f'{dsc:.4f}':>8}")
+    print(f"model cards: {models_dir()}/<name>.md; use one with --model NAME")
     return 0
 
 
@@ -84,6 +151,12 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="a shipped model's name (`sparseskull models`) or a .safetensors path (default: the default model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--backend", choices=["torch", "minkowski", "spconv"], default="torch", help="sparse engine (default torch)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseskull",
@@ -94,9 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the bundled sample and print metrics against its ground truth")
     p.add_argument("--out", default="demo_out", help="output folder (replaced when the run succeeds; default: demo_out)")
-    p.add_argument("--threshold-hu", type=float, default=300.0, help="bone threshold in HU (default 300)")
+    p.add_argument("--threshold-hu", type=_threshold, default=300.0, help="bone threshold in HU, or auto (default 300)")
     p.add_argument("--no-picture", action="store_true", help="skip the preview PNG")
+    _model_options(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("complete", help="design an implant: head CT (or skull mask) in, implant STL, masks, report and preview out")
+    p.add_argument("input", help="a head CT or skull mask: NRRD, NIfTI, MHA/MHD file, or a DICOM series folder")
+    p.add_argument("--out", required=True, help="output folder (written only when the whole run succeeds)")
+    p.add_argument("--threshold-hu", type=_threshold, default=300.0, help="bone threshold in HU, or auto (Otsu); default 300")
+    p.add_argument("--input-kind", choices=["auto", "ct", "mask"], default="auto", help="auto: a volume of only 0 and 1 is a mask")
+    _model_options(p)
+    p.add_argument("--clearance-mm", type=float, default=0.0, help="gap between implant and bone, for fit (default 0)")
+    p.add_argument("--min-implant-mm3", type=float, default=100.0, help="drop implant pieces smaller than this (default 100)")
+    p.add_argument("--smoothing", type=int, default=20, help="windowed-sinc smoothing iterations of the STL (default 20)")
+    p.add_argument("--decimate", type=float, default=0.5, help="share of triangles removed (default 0.5)")
+    p.add_argument("--stl-space", choices=["LPS", "RAS"], default="LPS", help="STL coordinates (default LPS, Slicer's file convention)")
+    p.add_argument("--skull-stl", action="store_true", help="also write the completed skull as STL")
+    p.add_argument("--no-preview", action="store_true", help="skip the preview PNG")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_complete)
+
+    p = sub.add_parser("models", help="list the shipped trained models with their task, resolution and validation scores")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("make-data", help="generate skulls, SkullBreak-class defects and CTs in the SkullBreak layout")
     p.add_argument("out", help="output folder (must not hold a data set already)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,24 @@ def looks_like_mask(volume: Volume) -> bool:
     """True for a volume whose values are only 0 and 1 (a segmentation, not a CT)."""
     values = np.unique(volume.array[:: max(1, volume.shape[0] // 64), :, :])
     return bool(np.all(np.isin(values, (0, 1))))
+
+
+@contextmanager
+def staged_output(out: Path):
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(stage, out)
+    os.chmod(out, 0o755)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

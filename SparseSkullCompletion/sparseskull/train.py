@@ -34,6 +34,7 @@ from sparseskull.augment import Augmentation
 from sparseskull.io import atomic_write
 from sparseskull.model import SparseCompletionNet, completion_loss, parse_channels
 from sparseskull.pairs import TASKS, PairSampler, collate, dice_by_batch, load_skulls, minus, split, with_input
+from sparseskull.sparse.backends import from_backend, to_backend
 from sparseskull.synth.defects import DEFECT_CLASSES
 
 CHECKPOINT_FORMAT = "sparseskull-checkpoint"
@@ -306,14 +307,6 @@ def _identity(batch):
     return batch
 
 
-def to_backend(x, backend: str):
-    if backend == "minkowski":
-        from sparseskull.sparse.backends.minkowski import to_minkowski
-
-        return to_minkowski(x)
-    return x
-
-
 def validate(model, pairs, config: TrainConfig, device) -> dict:
     """Mean DSC over the fixed validation pairs, in eval mode. Completion: the completed skull is the
     input plus what the network generates (the paper's Eq. 4), so ``dsc`` starts at the input's own
@@ -326,7 +319,7 @@ def validate(model, pairs, config: TrainConfig, device) -> dict:
             chunk = pairs[i : i + config.batch_size]
             x, target = collate(chunk, device)
             out = model(to_backend(x, config.backend), tau=config.tau)
-            pred = _coordinate_set(out.output)
+            pred = from_backend(out.output).cset
             if config.task == "completion":
                 pred = with_input(pred, x.cset)
                 implant += dice_by_batch(minus(pred, x.cset), minus(target, x.cset), len(chunk))
@@ -337,16 +330,6 @@ def validate(model, pairs, config: TrainConfig, device) -> dict:
     if implant:
         result["implant_dsc"] = float(np.mean(implant))
     return result
-
-
-def _coordinate_set(y):
-    from sparseskull.sparse.tensor import SparseTensor
-
-    if isinstance(y, SparseTensor):
-        return y.cset
-    from sparseskull.sparse.backends.minkowski import from_minkowski
-
-    return from_minkowski(y).cset
 
 
 @dataclass

@@ -38,3 +38,30 @@ def available_backends() -> list[str]:
     from sparseskull.sparse.backends import minkowski, spconv
 
     return ["torch"] + [name for name, mod in (("minkowski", minkowski), ("spconv", spconv)) if mod.available()]
+
+
+def to_backend(x: SparseTensor, backend: str):
+    """Our tensor as a tensor of ``backend`` (torch: unchanged), with a clear error when it is not installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "torch":
+        return x
+    from sparseskull.sparse.backends import minkowski, spconv
+
+    module = {"minkowski": minkowski, "spconv": spconv}[backend]
+    if not module.available():
+        raise ValueError(f"the {backend} backend is not installed here (installed: {', '.join(available_backends())})")
+    return minkowski.to_minkowski(x) if backend == "minkowski" else spconv.to_spconv(x)
+
+
+def from_backend(y) -> SparseTensor:
+    """A tensor of any backend as ours."""
+    if isinstance(y, SparseTensor):
+        return y
+    if type(y).__name__ == "SpconvTensor":
+        from sparseskull.sparse.backends.spconv import from_spconv
+
+        return from_spconv(y)
+    from sparseskull.sparse.backends.minkowski import from_minkowski
+
+    return from_minkowski(y)

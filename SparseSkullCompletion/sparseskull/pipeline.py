@@ -1,0 +1,483 @@
+"""The clinical job, headless: from a head CT (or a skull mask) to a printable implant.
+
+Stages: read -> skull (threshold, largest bone, crop) -> model grid (block-average to the model's
+voxel spacing, as in training) -> network (completion; the completed skull is the input plus what
+the network generates, the paper's Eq. 4) -> back onto the CT grid (the coarse completed skull
+interpolated linearly, restricted to the coarse implant's neighbourhood) -> clean (clearance,
+specks, parts away from the defect) -> mesh (closed, manifold, patient mm) -> write.
+
+``sparseskull complete``, ``sparseskull demo``, ``sparseskull evaluate`` and the Slicer module all
+run :func:`complete_skull` / :func:`run_complete`, so their figures are what a user gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from sparseskull import __version__
+from sparseskull.io import looks_like_mask, read_volume, staged_output, write_volume
+from sparseskull.preprocess import DEFAULT_THRESHOLD_HU, largest_component, skull_mask_from_ct
+from sparseskull.volume import Volume
+
+STAGES = ("read", "skull", "model grid", "network", "CT grid", "clean", "mesh", "write")
+INPUT_KINDS = ("auto", "ct", "mask")
+
+
+class InputError(ValueError):
+    """The input cannot be completed; the message says why and what to do."""
+
+
+@dataclass
+class CompleteOptions:
+    threshold_hu: float | str = DEFAULT_THRESHOLD_HU  # or "auto" (Otsu between soft tissue and bone)
+    input_kind: str = "auto"  # auto: a volume holding only 0 and 1 is a mask, anything else a CT
+    model: str | None = None  # a shipped model's name or a path; None: the default
+    device: str = "auto"
+    backend: str = "torch"
+    min_implant_mm3: float = 100.0  # implant pieces smaller than this are dropped
+    clearance_mm: float = 0.0  # gap left between implant and bone, for fit
+    keep_fraction: float = 0.2  # pieces smaller than this share of the largest piece are dropped (one defect, one plate)
+    smoothing_iterations: int = 20
+    decimate: float = 0.5
+    stl_space: str = "LPS"  # Slicer's file convention; RAS on request
+    skull_stl: bool = False  # also export the completed skull as STL
+    preview: bool = True
+    max_extent: float = 1.5  # refuse a skull spanning more than this many times the model's field of view
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}; got {self.input_kind!r}")
+        if self.stl_space.upper() not in ("LPS", "RAS"):
+            raise ValueError(f"the STL space must be LPS or RAS; got {self.stl_space!r}")
+        if isinstance(self.threshold_hu, str) and self.threshold_hu != "auto":
+            self.threshold_hu = float(self.threshold_hu)
+        if not 0 <= self.keep_fraction <= 1:
+            raise ValueError(f"keep_fraction is a share of the largest piece, in [0, 1]; got {self.keep_fraction}")
+        if self.min_implant_mm3 < 0 or self.clearance_mm < 0:
+            raise ValueError("the minimum implant volume and the clearance cannot be negative")
+        if not 0 <= self.decimate < 1:
+            raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
+
+
+@dataclass
+class CompletionResult:
+    defective: Volume  # the skull mask on the input grid
+    completed: Volume  # defective | implant
+    implant: Volume
+    mesh: object | None  # vtkPolyData of the implant, LPS or RAS as asked; None when the implant is empty
+    report: dict
+    input: Volume | None = None  # the CT (or mask) as read
+    coarse: dict = field(default_factory=dict)  # the model-grid input and output, for inspection
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _peak_mib() -> float:
+    from sparseskull.bench import _peak_mib as peak
+
+    return peak()
+
+
+def auto_threshold(ct: Volume) -> float:
+    """Otsu's threshold between soft tissue and bone, over voxels from -100 HU up (air and fat left
+    out), kept within 150..700 HU."""
+    from skimage.filters import threshold_otsu
+
+    values = np.asarray(ct.array[::2, ::2, ::2], dtype=np.float32)
+    values = values[values >= -100]
+    if values.size < 100 or values.max() <= values.min():
+        return DEFAULT_THRESHOLD_HU
+    return float(np.clip(threshold_otsu(values), 150.0, 700.0))
+
+
+def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, dict]:
+    """The defective skull mask on the input grid (largest connected bone), and what was done."""
+    kind = options.input_kind
+    if kind == "auto":
+        kind = "mask" if looks_like_mask(volume) else "ct"
+    info: dict = {"input_kind": kind}
+    if kind == "mask":
+        bone = np.asarray(volume.array) != 0
+        if not bone.any():
+            raise InputError("the mask is empty: there is no skull to complete")
+    else:
+        threshold = auto_threshold(volume) if options.threshold_hu == "auto" else float(options.threshold_hu)
+        info["threshold_hu"] = round(threshold, 1)
+        bone = np.asarray(skull_mask_from_ct(volume, threshold, keep_largest=False).array)
+    total = int(bone.sum())
+    skull = largest_component(bone)
+    kept = int(skull.sum())
+    info.update(bone_voxels=total, skull_voxels=kept, dropped_voxels=total - kept)
+    if kept * volume.voxel_volume_mm3 < 20_000:  # 20 cm^3: a skull vault has several hundred
+        raise InputError(f"the largest piece of bone is only {kept * volume.voxel_volume_mm3 / 1000:.1f} cm^3: "
+                         "this does not look like a skull (wrong threshold, or not a head CT?)")
+    return volume.with_array(skull), info
+
+
+def model_factors(volume: Volume, model_spacing) -> tuple[int, int, int]:
+    """Integer block sizes per axis that bring ``volume``'s spacing closest to the model's."""
+    return tuple(max(1, int(round(m / s))) for m, s in zip(model_spacing, volume.spacing_mm))
+
+
+def block_fraction(mask: np.ndarray, factors) -> np.ndarray:
+    """Share of foreground voxels in each block of ``factors`` (the last blocks zero-padded)."""
+    m = np.pad(mask, [(0, (-n) % f) for n, f in zip(mask.shape, factors)])
+    sx, sy, sz = (n // f for n, f in zip(m.shape, factors))
+    counts = m.reshape(sx, factors[0], sy, factors[1], sz, factors[2]).sum(axis=(1, 3, 5), dtype=np.int32)
+    return counts / float(np.prod(factors))
+
+
+@dataclass
+class ModelGrid:
+    """The crop of the input grid that the coarse grid covers, and the block size per axis."""
+
+    lo: np.ndarray  # first input voxel of the crop
+    factors: tuple[int, int, int]
+    shape: tuple[int, int, int]  # coarse grid shape (without the margin)
+    margin: int  # coarse voxels of room around the skull for generated bone
+
+    def fine_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s * f) for s, f in zip(self.shape, self.factors))
+
+
+def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: float, margin: int = 4) -> tuple[np.ndarray, ModelGrid]:
+    """The skull block-averaged to the model's spacing (a coarse voxel is bone when at least half its
+    block is, as the training copies were made), cropped to the skull with ``margin`` voxels of room."""
+    factors = model_factors(skull, model_spacing)
+    ijk = np.argwhere(skull.array)
+    lo, hi = ijk.min(axis=0), ijk.max(axis=0) + 1
+    shape = tuple(int(-(-(h - lo_) // f)) for lo_, h, f in zip(lo, hi, factors))
+    limit = max_extent * resolution
+    if max(shape) > limit:
+        extent = [round(float(n * f * s)) for n, f, s in zip(shape, factors, skull.spacing_mm)]
+        fov = round(resolution * float(max(model_spacing[:2])))
+        raise InputError(f"the skull spans {extent} mm, far more than the {fov} mm field of view the model was trained on: "
+                         "is this a head CT? (a whole-body scan, or a wrong voxel spacing in the file?)")
+    crop = np.zeros(tuple(n * f for n, f in zip(shape, factors)), dtype=bool)
+    src = skull.array[lo[0]:lo[0] + crop.shape[0], lo[1]:lo[1] + crop.shape[1], lo[2]:lo[2] + crop.shape[2]]
+    crop[: src.shape[0], : src.shape[1], : src.shape[2]] = src
+    coarse = block_fraction(crop, factors) >= 0.5
+    coarse = np.pad(coarse, margin)
+    return coarse, ModelGrid(lo, factors, shape, margin)
+
+
+def run_network(model, coarse: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
+    """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4)."""
+    import torch
+
+    from sparseskull.sparse.backends import from_backend, to_backend
+    from sparseskull.sparse.tensor import SparseTensor
+
+    ijk = np.argwhere(coarse)
+    if len(ijk) == 0:
+        raise InputError("the skull vanishes at the model's resolution (too thin or too small for this model)")
+    coords = torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], axis=1)).to(device)
+    x = SparseTensor.from_coords(coords, torch.ones(len(coords), 1, device=device))
+    with torch.inference_mode():
+        out = model(to_backend(x, backend), tau=tau)
+    pred = from_backend(out.output).coords[:, 1:].cpu().numpy() if out.output is not None else np.zeros((0, 3), int)
+    inside = np.all((pred >= 0) & (pred < np.array(coarse.shape)), axis=1)
+    completed = coarse.copy()
+    completed[tuple(pred[inside].T)] = True
+    return completed
+
+
+def _upsample(coarse: np.ndarray, grid: ModelGrid, order: int) -> np.ndarray:
+    """Coarse values on the fine crop: fine voxel i sits at coarse coordinate (i - (f - 1) / 2) / f."""
+    f = np.asarray(grid.factors, dtype=np.float64)
+    offset = -(f - 1) / 2 / f + grid.margin
+    return ndimage.affine_transform(coarse.astype(np.float32), 1.0 / f, offset=offset, output_shape=grid.fine_shape(),
+                                    order=order, mode="constant", cval=0.0)
+
+
+def to_ct_grid(coarse_in: np.ndarray, coarse_out: np.ndarray, grid: ModelGrid, skull: Volume) -> np.ndarray:
+    """The implant on the input grid: the coarse completed skull, interpolated linearly (>= 0.5), where
+    the coarse implant or its 26 neighbours are, minus the defective skull."""
+    coarse_implant = coarse_out & ~coarse_in
+    full = np.zeros(skull.shape, dtype=bool)
+    if not coarse_implant.any():
+        return full
+    near = ndimage.binary_dilation(coarse_implant, np.ones((3, 3, 3), bool))
+    ijk = np.argwhere(near)  # work on the coarse implant's box only
+    a = np.maximum(ijk.min(axis=0) - 1, 0)
+    b = np.minimum(ijk.max(axis=0) + 2, coarse_in.shape)
+    sub = ModelGrid(grid.lo, grid.factors, tuple(int(v) for v in b - a), 0)
+    f = np.asarray(grid.factors)
+    start = grid.lo + (a - grid.margin) * f  # input voxel of the sub-box's first fine voxel
+    solid = _upsample(coarse_out[a[0]:b[0], a[1]:b[1], a[2]:b[2]], sub, 1) >= 0.5
+    region = _upsample(near[a[0]:b[0], a[1]:b[1], a[2]:b[2]], sub, 0) >= 0.5
+    implant = solid & region
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + np.array(implant.shape), skull.shape)
+    if np.any(hi <= lo):
+        return full
+    s = tuple(slice(int(l_ - st), int(h - st)) for l_, h, st in zip(lo, hi, start))
+    d = tuple(slice(int(l_), int(h)) for l_, h in zip(lo, hi))
+    full[d] = implant[s] & ~np.asarray(skull.array[d], dtype=bool)
+    return full
+
+
+def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2) -> tuple[np.ndarray, dict]:
+    """Clearance from the bone, then only the pieces that touch the bone (the defect's rim), hold at least
+    ``min_mm3`` and at least ``keep_fraction`` of the largest such piece."""
+    info = {"raw_voxels": int(implant.sum())}
+    if not implant.any():
+        return implant, {**info, "pieces_kept": 0, "pieces_dropped": 0, "voxels": 0}
+    spacing = np.asarray(skull.spacing_mm)
+    labels, count = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels[implant], minlength=count + 1) * skull.voxel_volume_mm3
+    candidates = np.flatnonzero(sizes >= min_mm3 * (1.0 if clearance_mm == 0 else 0.5))  # before the costly steps
+    cleaned = np.zeros_like(implant)
+    if len(candidates):
+        boxes = ndimage.find_objects(labels)
+        reach = np.ceil((clearance_mm + 1.5 * spacing.max()) / spacing).astype(int) + 1
+        lo = np.min([[sl.start for sl in boxes[c - 1]] for c in candidates], axis=0) - reach
+        hi = np.max([[sl.stop for sl in boxes[c - 1]] for c in candidates], axis=0) + reach
+        box = tuple(slice(int(max(a, 0)), int(min(b, n))) for a, b, n in zip(lo, hi, implant.shape))
+        part = np.isin(labels[box], candidates)
+        bone = np.asarray(skull.array[box], dtype=bool)
+        if clearance_mm > 0:  # distances only where needed: a distance transform of the whole box takes seconds
+            distance = ndimage.distance_transform_edt(~bone, sampling=spacing)
+            part &= distance > clearance_mm
+            rim = distance <= clearance_mm + 1.5 * spacing.max()  # about a voxel beyond the clearance
+        else:
+            rim = ndimage.binary_dilation(bone, np.ones((3, 3, 3), bool))  # next to the bone
+        sub, n = ndimage.label(part, structure=np.ones((3, 3, 3), bool))
+        sub_sizes = np.bincount(sub[part], minlength=n + 1) * skull.voxel_volume_mm3
+        touches = np.zeros(n + 1, bool)
+        touches[np.unique(sub[rim & part])] = True
+        keep = (sub_sizes >= min_mm3) & touches
+        keep[0] = False
+        if keep.any():
+            keep &= sub_sizes >= keep_fraction * sub_sizes[keep].max()
+        cleaned[box] = keep[sub]
+        kept = int(keep.sum())
+    else:
+        kept = 0
+    info.update(pieces_kept=kept, pieces_dropped=int(count - kept), voxels=int(cleaned.sum()))
+    return cleaned, info
+
+
+class NetworkCompleter:
+    """The trained network as the pipeline's completion step: a model file (a shipped model's name, a
+    path, or None for the default), on a device and a sparse backend."""
+
+    def __init__(self, spec=None, device: str = "auto", backend: str = "torch"):
+        from sparseskull.models import resolve_model
+        from sparseskull.sparse.backends import BACKENDS
+        from sparseskull.train import pick_device
+        from sparseskull.weights import load_model
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.path = resolve_model(spec)
+        self.device = pick_device(device)
+        self.backend = backend
+        self.model, self.info = load_model(self.path, device=self.device)
+        if self.info.task != "completion":
+            raise InputError(f"{self.path}: a {self.info.task} model; completing a skull needs a completion model")
+        if self.info.spacing_mm is None:
+            raise InputError(f"{self.path}: the model file does not say its voxel spacing, so the CT cannot be brought to its grid")
+        self.name = Path(self.path).stem
+
+    def __call__(self, coarse: np.ndarray, grid: "ModelGrid | None" = None) -> np.ndarray:
+        return run_network(self.model, coarse, self.backend, self.device, self.info.tau)
+
+
+def complete_skull(source, options: CompleteOptions | None = None, progress: Progress | None = None, completer=None) -> CompletionResult:
+    """Run the pipeline on a path (image file or DICOM folder) or a :class:`Volume`; nothing is written.
+
+    ``completer``: the completion step, by default a :class:`NetworkCompleter` for ``options.model``.
+    Any object with ``info`` (a ModelInfo: resolution, spacing_mm), ``name``, ``device``, ``backend``
+    and a call ``(coarse, grid)`` -> completed coarse grid will do; the tests use one that returns the
+    known answer, to check every stage around the network."""
+    import torch
+
+    from sparseskull.mesh import mask_to_mesh
+
+    options = options or CompleteOptions()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    t_start = time.perf_counter()
+    clock = [t_start]
+
+    def stage(name: str) -> None:
+        if progress is not None:
+            progress(name, STAGES.index(name), len(STAGES))
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 3)
+        peaks[name] = _peak_mib()
+        clock[0] = now
+
+    stage("read")
+    if isinstance(source, Volume):
+        volume, source_name = source, "volume"
+    else:
+        volume, source_name = read_volume(source), str(source)
+    if completer is None:
+        completer = NetworkCompleter(options.model, options.device, options.backend)
+    info = completer.info
+    done("read")
+
+    stage("skull")
+    skull, skull_info = skull_from_input(volume, options)
+    done("skull")
+
+    stage("model grid")
+    coarse_in, grid = to_model_grid(skull, info.spacing_mm, info.resolution, options.max_extent)
+    coarse_spacing = [round(f * s, 3) for f, s in zip(grid.factors, skull.spacing_mm)]
+    warnings = []
+    mismatch = [abs(c / m - 1) for c, m in zip(coarse_spacing, info.spacing_mm)]
+    if max(mismatch) > 0.25:
+        warnings.append(f"the CT's spacing does not divide into the model's: the model grid has {coarse_spacing} mm voxels, "
+                        f"the model was trained at {list(info.spacing_mm)} mm")
+    done("model grid")
+
+    stage("network")
+    coarse_out = completer(coarse_in, grid)
+    done("network")
+
+    stage("CT grid")
+    raw = to_ct_grid(coarse_in, coarse_out, grid, skull)
+    done("CT grid")
+
+    stage("clean")
+    implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction)
+    implant = skull.with_array(implant_array)
+    completed = skull.with_array(np.asarray(skull.array, bool) | implant_array)
+    done("clean")
+
+    stage("mesh")
+    mesh = None
+    mesh_info: dict = {"written": False}
+    if implant_array.any():
+        from sparseskull.mesh import check_mesh
+
+        mesh = mask_to_mesh(implant, options.stl_space, smoothing_iterations=options.smoothing_iterations, decimate=options.decimate)
+        check = check_mesh(mesh)
+        mesh_info = {"written": True, "space": options.stl_space.upper(), "triangles": check.triangles, "watertight": check.watertight,
+                     "volume_cm3": round(check.volume_mm3 / 1000, 3), "area_cm2": round(check.area_mm2 / 100, 2)}
+    done("mesh")
+
+    vox_cm3 = skull.voxel_volume_mm3 / 1000.0
+    implant_cm3 = round(float(implant_array.sum()) * vox_cm3, 3)
+    report = {
+        "sparseskull": __version__,
+        "input": source_name,
+        "grid": list(volume.shape),
+        "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
+        "oblique": bool(not np.allclose(volume.direction, np.diag(np.sign(np.diag(volume.direction))), atol=1e-4)),
+        **skull_info,
+        "skull_volume_cm3": round(float(skull.array.sum()) * vox_cm3, 3),
+        "model": {"path": str(getattr(completer, "path", "")), "name": completer.name, "resolution": info.resolution, "spacing_mm": list(info.spacing_mm),
+                  "channels": list(info.channels), "tau": info.tau, "validation": info.metrics},
+        "model_grid": {"shape": [int(n) for n in coarse_in.shape], "factors": list(grid.factors), "spacing_mm": coarse_spacing,
+                       "input_points": int(coarse_in.sum()), "completed_points": int(coarse_out.sum()),
+                       "generated_points": int((coarse_out & ~coarse_in).sum())},
+        "device": str(completer.device),
+        "backend": completer.backend,
+        "defect_found": bool(implant_array.any()),
+        "implant": {"voxels": int(implant_array.sum()), "volume_cm3": implant_cm3, **clean_info,
+                    "centroid_lps_mm": [round(float(v), 2) for v in implant.centroid_lps()] if implant_array.any() else None},
+        "mesh": mesh_info,
+        "options": {k: v for k, v in asdict(options).items() if k not in ("model",)},
+        "warnings": warnings,
+        "seconds": timings,
+        "peak_mib_after": peaks,
+    }
+    if not implant_array.any():
+        report["message"] = ("no defect found: the network added no bone beyond specks, so there is no implant "
+                             "(an empty implant is a valid answer for an intact skull)")
+    report["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    return CompletionResult(skull, completed, implant, mesh, report, input=volume,
+                            coarse={"input": coarse_in, "output": coarse_out, "grid": grid})
+
+
+def preview(result: CompletionResult, path: Path, title: str = "") -> Path:
+    """The implant in place on the skull (3D), and three orthogonal slices through it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparseskull.render import BONE, IMPLANT, render_surfaces, slice_views, view_towards
+
+    has_implant = bool(result.implant.array.any())
+    focus = result.implant if has_implant else result.defective
+    centre = [int(c) for c in np.argwhere(focus.array).mean(axis=0)]
+    background = result.input if result.input is not None and result.input.shape == result.defective.shape else result.defective
+    is_ct = background is result.input and not looks_like_mask(background)
+    fig, axes = plt.subplots(1, 4, figsize=(20, 5.4), facecolor="black")
+    views = zip(axes, slice_views(background, centre), slice_views(result.defective, centre), slice_views(result.implant, centre))
+    for ax, (name, img, aspect), (_, bone, _), (_, imp, _) in views:
+        ax.imshow(img, cmap="gray", vmin=-150 if is_ct else 0, vmax=1300 if is_ct else 1, aspect=aspect, interpolation="nearest")
+        ax.contour(bone.astype(float), levels=[0.5], colors=["#ffd24d"], linewidths=0.8)
+        if imp.any():
+            ax.contourf(imp.astype(float), levels=[0.5, 1.5], colors=["#f27319"], alpha=0.7)
+        ax.set_title(f"{name}: skull (yellow), implant (orange)", color="white")
+        ax.axis("off")
+    view = view_towards(result.implant, result.defective) if has_implant else "oblique"
+    image = render_surfaces([(result.defective, BONE, 1.0), (result.implant, IMPLANT, 1.0)], view=view, size=(540, 540))
+    axes[3].imshow(image)
+    axes[3].set_title(title or ("implant (orange) on the skull" if has_implant else "no defect found"), color="white")
+    axes[3].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: CompletionResult, folder: Path, options: CompleteOptions) -> list[str]:
+    """Implant STL, masks (with the input's geometry), report and preview into ``folder``."""
+    from sparseskull.mesh import mask_to_mesh, write_stl
+
+    written = []
+    if result.mesh is not None:
+        write_stl(result.mesh, folder / "implant.stl", options.stl_space)
+        written.append("implant.stl")
+    for name, vol in (("implant", result.implant), ("completed_skull", result.completed), ("defective_skull", result.defective)):
+        write_volume(vol.with_array(np.asarray(vol.array, dtype=np.uint8)), folder / f"{name}.nrrd")
+        written.append(f"{name}.nrrd")
+    if options.skull_stl:
+        skull_mesh = mask_to_mesh(result.completed, options.stl_space, sigma=0.6, smoothing_iterations=options.smoothing_iterations, decimate=0.8)
+        write_stl(skull_mesh, folder / "completed_skull.stl", options.stl_space)
+        written.append("completed_skull.stl")
+    if options.preview:
+        preview(result, folder / "preview.png")
+        written.append("preview.png")
+    return written
+
+
+def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None = None, progress: Progress | None = None,
+                 extra_report: Callable[[CompletionResult], dict] | None = None, completer=None) -> CompletionResult:
+    """:func:`complete_skull`, then every output written to ``out`` (all or nothing: a staging folder
+    beside it replaces it only when everything succeeded)."""
+    options = options or CompleteOptions()
+    out = Path(out)
+    result = complete_skull(source, options, progress, completer)
+    if progress is not None:
+        progress("write", STAGES.index("write"), len(STAGES))
+    t0 = time.perf_counter()
+    with staged_output(out) as stage:
+        files = write_outputs(result, stage, options)
+        if extra_report is not None:
+            result.report.update(extra_report(result))
+        result.report["seconds"]["write"] = round(time.perf_counter() - t0, 3)
+        result.report["peak_mib"] = _peak_mib()
+        result.report["files"] = files + ["report.json"]
+        (stage / "report.json").write_text(json.dumps(result.report, indent=1) + "\n")
+    return result

@@ -1,0 +1,256 @@
+"""The CT -> implant pipeline (`sparseskull complete`), stage by stage and end to end.
+
+Accuracy tests run the pipeline with a completion step that returns the known complete skull on the
+model's grid (``Oracle``): they check everything around the network (thresholding, the model grid,
+the way back onto the CT grid, cleaning, meshing, the STL's frame), against known answers. The
+network's own accuracy is the shipped model's business (its card and `sparseskull evaluate`); the
+tests with the shipped model check that the real thing runs through the same code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparseskull.io import read_mask, write_volume
+from sparseskull.mesh import check_mesh, mesh_centroid, read_stl
+from sparseskull.model import CHANNEL_PRESETS
+from sparseskull.pipeline import (
+    CompleteOptions,
+    InputError,
+    ModelGrid,
+    block_fraction,
+    clean_implant,
+    complete_skull,
+    run_complete,
+    to_model_grid,
+)
+from sparseskull.sample import load_sample, sample_dir
+from sparseskull.volume import Volume
+from sparseskull.weights import ModelInfo
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "autoimplant2020"
+SPACING_64 = (3.7411, 3.7411, 4.9756)  # the shipped 64 model's voxel spacing (SkullFix at 64^2 x Z/8)
+
+
+class Oracle:
+    """A stand-in for the network that returns the true complete skull on the model grid."""
+
+    name, device, backend, path = "oracle", "cpu", "none", "oracle"
+
+    def __init__(self, complete: Volume, spacing=SPACING_64, resolution: int = 64):
+        self.complete = np.asarray(complete.array, dtype=bool)
+        self.info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], resolution=resolution, spacing_mm=spacing)
+
+    def __call__(self, coarse: np.ndarray, grid: ModelGrid) -> np.ndarray:
+        fine = np.zeros(grid.fine_shape(), dtype=bool)
+        lo = grid.lo
+        src = self.complete[lo[0]:lo[0] + fine.shape[0], lo[1]:lo[1] + fine.shape[1], lo[2]:lo[2] + fine.shape[2]]
+        fine[: src.shape[0], : src.shape[1], : src.shape[2]] = src
+        truth = np.pad(block_fraction(fine, grid.factors) >= 0.5, grid.margin)
+        return truth | coarse
+
+
+def _oblique(v: Volume, direction: np.ndarray) -> Volume:
+    return Volume(v.array, v.spacing_mm, v.origin_lps, direction)
+
+
+def _tilt(deg: float) -> np.ndarray:  # a gantry tilt: rotation about the L axis
+    a = np.radians(deg)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_sample()
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), _tilt(17.0), np.diag([-1.0, -1.0, 1.0])], ids=["axial", "tilted", "flipped"])
+def test_implant_stl_matches_the_known_defect(tmp_path, sample, direction):
+    """On a generated CT with a known defect: the STL is watertight, its volume is within 15% of the true
+    implant's, and its centroid, read back from the file, is within 3 mm of the truth in LPS mm, for an
+    axial, a tilted (oblique) and an axis-flipped grid."""
+    ct, truth, complete = (_oblique(v, direction) for v in (sample.ct, sample.implant, sample.complete))
+    result = run_complete(ct, tmp_path / "out", CompleteOptions(preview=False), completer=Oracle(complete))
+    stl = read_stl(tmp_path / "out" / "implant.stl")
+    check = check_mesh(stl)
+    assert check.watertight, check
+    truth_mm3 = truth.array.sum() * truth.voxel_volume_mm3
+    assert abs(check.volume_mm3 / truth_mm3 - 1) < 0.15, (check.volume_mm3, truth_mm3)
+    distance = np.linalg.norm(mesh_centroid(stl) - truth.centroid_lps())
+    assert distance < 3.0, distance
+    assert result.report["mesh"]["watertight"] and result.report["defect_found"]
+    # the masks are written on the CT's own grid, geometry included
+    implant = read_mask(tmp_path / "out" / "implant.nrrd")
+    assert implant.same_grid(ct) and np.allclose(implant.direction, direction)
+
+
+def test_stl_space_is_lps_by_default_and_ras_on_request(tmp_path):
+    """An asymmetric phantom: a shell with a hole on the patient's left and above (LPS +x, +z). In the
+    LPS STL the implant's centroid has x > 0; in the RAS STL x < 0 (R = -L) and z unchanged."""
+    n, spacing = 96, (2.0, 2.0, 2.0)
+    ijk = np.indices((n, n, n)).reshape(3, -1).T * 2.0 - (n - 1)  # mm from the centre
+    r = np.linalg.norm(ijk, axis=1)
+    shell = ((r > 70) & (r < 80)).reshape(n, n, n)
+    hole_dir = np.array([1.0, 0.0, 1.0]) / np.sqrt(2)
+    hole = ((ijk @ hole_dir) > 0.85 * r).reshape(n, n, n)
+    complete = Volume(shell, spacing, (-(n - 1.0), -(n - 1.0), -(n - 1.0)))
+    defective = complete.with_array(shell & ~hole)
+    truth = complete.with_array(shell & hole)
+    centroid = {}
+    for space in ("LPS", "RAS"):
+        out = tmp_path / space
+        run_complete(defective, out, CompleteOptions(stl_space=space, preview=False),
+                     completer=Oracle(complete, spacing=(8.0, 8.0, 8.0)))
+        stl = read_stl(out / "implant.stl")
+        assert (out / "implant.stl").read_bytes().startswith(f"SPACE={space}".encode())
+        centroid[space] = mesh_centroid(stl)
+    lps = truth.centroid_lps()
+    assert lps[0] > 20 and lps[2] > 20
+    assert np.allclose(centroid["LPS"], lps, atol=3.0)
+    assert np.allclose(centroid["RAS"], lps * [-1, -1, 1], atol=3.0)
+
+
+def test_intact_skull_gives_an_empty_implant_and_says_so(tmp_path, sample):
+    result = run_complete(sample.complete, tmp_path / "out", CompleteOptions(preview=False), completer=Oracle(sample.complete))
+    assert not result.report["defect_found"] and "no defect found" in result.report["message"]
+    assert not (tmp_path / "out" / "implant.stl").exists()
+    assert read_mask(tmp_path / "out" / "implant.nrrd").array.sum() == 0
+
+
+def test_model_grid_block_averages_like_the_training_copies(sample):
+    """A 512-like grid at SkullFix spacing gives factor 8 on every axis, as the paper's 64^2 x Z/8 copies."""
+    v = Volume(np.zeros((64, 64, 48), bool), (0.4676, 0.4676, 0.622))
+    v.array[10:40, 12:50, 5:30] = True
+    coarse, grid = to_model_grid(v, SPACING_64, 64, 1.5, margin=2)
+    assert grid.factors == (8, 8, 8)
+    assert coarse.shape == tuple(np.ceil(np.array([30, 38, 25]) / 8).astype(int) + 4)
+    # a coarse voxel is bone when at least half its block is
+    assert np.array_equal(block_fraction(np.ones((4, 4, 2), bool), (2, 2, 2)), np.ones((2, 2, 1)))
+    assert block_fraction(np.eye(2, dtype=bool)[:, :, None], (2, 2, 1))[0, 0, 0] == 0.5
+
+
+def test_cleaning_keeps_the_plate_and_drops_specks_and_floating_bits():
+    bone = np.zeros((60, 60, 60), bool)
+    bone[10:50, 10:50, 20:23] = True
+    bone[25:35, 25:35, 20:23] = False  # the defect
+    implant = np.zeros_like(bone)
+    implant[25:35, 25:35, 20:23] = True  # the plate, touching the rim
+    implant[5:7, 5:7, 21] = True  # a speck touching nothing
+    implant[40:44, 40:44, 40:44] = True  # a floating bit away from the bone
+    implant[12:13, 12:14, 23] = True  # a tiny bit on the bone
+    skull = Volume(bone, (1.0, 1.0, 1.0))
+    cleaned, info = clean_implant(implant, skull, min_mm3=10.0, clearance_mm=0.0)
+    assert np.array_equal(cleaned, np.pad(np.ones((10, 10, 3), bool), ((25, 25), (25, 25), (20, 37))))
+    assert info["pieces_kept"] == 1 and info["pieces_dropped"] == 3
+    with_gap, _ = clean_implant(implant, skull, min_mm3=10.0, clearance_mm=1.0)
+    assert with_gap.sum() == 8 * 8 * 3  # 1 mm clearance takes one voxel off the plate's four rim sides
+
+
+def test_far_too_large_ct_is_refused(sample):
+    """A file whose spacing makes the head 4x larger than a head than the model was trained on."""
+    big = Volume(sample.ct.array, tuple(4 * s for s in sample.ct.spacing_mm), sample.ct.origin_lps)
+    with pytest.raises(InputError, match="field of view"):
+        complete_skull(big, CompleteOptions(preview=False), completer=Oracle(sample.complete))
+
+
+# ------------------------------------------------------------------ the command line, bad input
+
+
+def _complete(tmp_path, *args):
+    exe = shutil.which("sparseskull")
+    assert exe, "pip install -e ."
+    return subprocess.run([exe, "complete", *map(str, args)], capture_output=True, text=True, cwd=tmp_path)
+
+
+def _nothing_left(folder: Path, out: Path) -> bool:
+    return not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_bad_inputs_give_a_message_and_leave_nothing(tmp_path, sample):
+    text = tmp_path / "notes.nrrd"
+    text.write_text("this is not an image\n")
+    flat = tmp_path / "flat.nrrd"
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.int16)), str(flat))
+    water = tmp_path / "water.nrrd"
+    write_volume(sample.ct.with_array(np.minimum(sample.ct.array, 60).astype(np.int16)), water)  # soft tissue, no bone
+    fake_model = tmp_path / "fake.safetensors"
+    fake_model.write_bytes(b"\x00" * 64)
+    ct = sample_dir() / "ct.nrrd"
+    cases = [
+        ([text], "not a readable 3D image"),
+        ([flat], "3D"),
+        ([tmp_path / "missing.nrrd"], "no such file"),
+        ([water], "no voxel reaches the bone threshold of 300 HU"),
+        ([ct, "--threshold-hu", "5000"], "bone threshold of 5000 HU"),
+        ([ct, "--model", "no-such-model"], "no shipped model named 'no-such-model'"),
+        ([ct, "--model", fake_model], "not a readable safetensors model file"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "out"
+        run = _complete(tmp_path, *args, "--out", out)
+        assert run.returncode == 1, (args, run.stdout, run.stderr)
+        assert message in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+        assert _nothing_left(tmp_path, out), args
+
+
+def test_super_resolution_model_is_refused_for_completion(tmp_path):
+    from sparseskull.model import SparseCompletionNet
+    from sparseskull.weights import save_model
+
+    path = save_model(SparseCompletionNet("ch1"), tmp_path / "sr.safetensors",
+                      ModelInfo(CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=128, input_resolution=64, spacing_mm=(1.0, 1.0, 1.0)))
+    run = _complete(tmp_path, sample_dir() / "ct.nrrd", "--model", path, "--out", tmp_path / "out")
+    assert run.returncode == 1 and "needs a completion model" in run.stderr
+    assert _nothing_left(tmp_path, tmp_path / "out")
+
+
+# ------------------------------------------------------------------ the shipped model, for real
+
+
+def test_complete_command_with_the_shipped_model(tmp_path):
+    """The real network through the command line: every output, a watertight STL, a report with timings
+    per stage, and progress per stage on stderr."""
+    out = tmp_path / "out"
+    run = _complete(tmp_path, sample_dir() / "ct.nrrd", "--out", out, "--skull-stl", "--stl-space", "RAS")
+    assert run.returncode == 0, run.stderr
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert "[4/8] network" in run.stderr
+    assert set(report["seconds"]) >= {"read", "skull", "model grid", "network", "CT grid", "clean", "mesh", "write", "total"}
+    assert report["model"]["name"] and report["input_kind"] == "ct" and report["threshold_hu"] == 300.0
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"implant.nrrd", "completed_skull.nrrd", "defective_skull.nrrd", "preview.png", "report.json", "completed_skull.stl"}
+    if report["defect_found"]:
+        assert check_mesh(read_stl(out / "implant.stl")).watertight
+        assert (out / "implant.stl").read_bytes().startswith(b"SPACE=RAS")
+    assert check_mesh(read_stl(out / "completed_skull.stl")).watertight
+    completed, defective = read_mask(out / "completed_skull.nrrd"), read_mask(out / "defective_skull.nrrd")
+    implant = read_mask(out / "implant.nrrd")
+    assert np.array_equal(completed.array, defective.array | implant.array) and not (implant.array & defective.array).any()
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="the real SkullFix data (../shared/data/autoimplant2020) is not beside this checkout")
+def test_real_oblique_skullfix_case(tmp_path):
+    """A real SkullFix mask with an oblique direction matrix (case 005): with the known answer the
+    implant lands on the true one; with the shipped model the pipeline runs on the same grid."""
+    from sparseskull.metrics import dice
+
+    case = "005"
+    defective = read_mask(DATA / "defective_skull" / f"{case}.nrrd")
+    truth = read_mask(DATA / "implant" / f"{case}.nrrd")
+    assert not np.allclose(defective.direction, np.eye(3))
+    complete = defective.with_array(defective.array | truth.array)
+    result = run_complete(defective, tmp_path / "oracle", CompleteOptions(preview=False), completer=Oracle(complete))
+    stl = read_stl(tmp_path / "oracle" / "implant.stl")
+    assert np.linalg.norm(mesh_centroid(stl) - truth.centroid_lps()) < 3.0
+    assert dice(result.implant.array, truth.array) > 0.8
+    real = run_complete(DATA / "defective_skull" / f"{case}.nrrd", tmp_path / "model", CompleteOptions(preview=False))
+    assert real.report["input_kind"] == "mask" and real.implant.same_grid(defective)
