@@ -77,6 +77,21 @@ def _cmd_complete(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from sparseskull.evaluate import METRICS, evaluate
+    from sparseskull.pipeline import CompleteOptions
+
+    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads)
+    summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json)
+    stats = summary["statistics"]
+    print(f"{summary['model']} on {summary['cases']} cases:")
+    for key in METRICS:
+        s = stats[key]
+        print(f"  {key:<18} mean {s['mean'] if s['mean'] is None else round(s['mean'], 4)}  median {s['median'] if s['median'] is None else round(s['median'], 4)}  (n {s['n']})")
+    print(f"report: {args.out}/report.md, per case: {args.out}/cases.csv")
+    return 0
+
+
 def _cmd_models(args) -> int:
     from sparseskull.models import default_model_name, list_models, models_dir
 
@@ -187,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preview", action="store_true", help="skip the preview PNG")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=_cmd_complete)
+
+    p = sub.add_parser("evaluate", help="run the complete pipeline on a data set with ground truth and score it (DSC, RE, bDSC, HD95)")
+    p.add_argument("--data", required=True, help="a data set in the SkullFix or SkullBreak layout")
+    p.add_argument("--out", required=True, help="report folder: cases.csv, summary.json, report.md, boxplots.png")
+    _model_options(p)
+    p.add_argument("--cases", nargs="+", default=None, help="only these case ids")
+    p.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    p.add_argument("--json", default=None, help="also write the summary (means as completion_dsc, implant_dsc, ...) to this file")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("models", help="list the shipped trained models with their task, resolution and validation scores")
     p.set_defaults(func=_cmd_models)

@@ -1,0 +1,144 @@
+"""`sparseskull evaluate`: the pipeline users run, scored case by case the way the field scores implants.
+
+Each case's defective skull goes through :func:`sparseskull.pipeline.complete_skull` (the code behind
+`sparseskull complete` and the Slicer module), from the mask on its own full grid to the implant on
+that grid, and is compared with the case's ground truth: completion DSC and RE, and the AutoImplant
+implant metrics DSC, bDSC (10 mm) and HD95 (mm). Outputs: ``cases.csv``, ``summary.json``,
+``report.md`` and ``boxplots.png`` in the output folder (all or nothing), and ``--json FILE``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sparseskull.dataset import find_cases
+from sparseskull.io import read_mask, staged_output
+from sparseskull.metrics import dice, implant_metrics, reconstruction_error
+from sparseskull.pipeline import CompleteOptions, NetworkCompleter, complete_skull
+
+METRICS = ("completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "implant_hd95_mm")
+FIELDS = ("case", "defect_class", *METRICS, "input_alone_dsc", "implant_cm3", "truth_implant_cm3", "seconds")
+
+
+def score_case(case, completer, options: CompleteOptions) -> dict:
+    """One case through the pipeline, against its ground truth."""
+    t0 = time.perf_counter()
+    defective = read_mask(case.defective)
+    if case.complete is not None:
+        complete = read_mask(case.complete)
+    elif case.implant is not None:
+        complete = defective.with_array(np.asarray(defective.array, bool) | read_mask(case.implant).array)
+    else:
+        raise FileNotFoundError(f"case {case.name}: no complete skull or implant to compare with")
+    if not complete.same_grid(defective):
+        raise ValueError(f"case {case.name}: the complete and defective skulls are on different grids")
+    truth_implant = np.asarray(complete.array, bool) & ~np.asarray(defective.array, bool)
+    result = complete_skull(defective, options, completer=completer)
+    m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
+    cm3 = defective.voxel_volume_mm3 / 1000.0
+    return {
+        "case": case.case_id,
+        "defect_class": case.defect_class or "",
+        "completion_dsc": dice(result.completed.array, complete.array),
+        "completion_re": reconstruction_error(result.completed.array, complete.array),
+        "implant_dsc": m["dsc"],
+        "implant_bdsc": m["bdsc"],
+        "implant_hd95_mm": m["hd95_mm"],
+        "input_alone_dsc": dice(defective.array, complete.array),
+        "implant_cm3": float(result.implant.array.sum()) * cm3,
+        "truth_implant_cm3": float(truth_implant.sum()) * cm3,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean, std, median per metric (HD95: over the cases where it is defined, with the count)."""
+    out: dict = {}
+    for key in (*METRICS, "input_alone_dsc"):
+        values = np.array([r[key] for r in rows], dtype=float)
+        finite = values[np.isfinite(values)]
+        out[key] = {"mean": float(finite.mean()) if len(finite) else None, "std": float(finite.std()) if len(finite) else None,
+                    "median": float(np.median(finite)) if len(finite) else None, "n": int(len(finite))}
+    return out
+
+
+def _boxplots(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(14, 4))
+    for ax, key, label in zip(axes, ("completion_dsc", "implant_dsc", "implant_bdsc", "implant_hd95_mm"),
+                              ("completed skull DSC", "implant DSC", "implant bDSC", "implant HD95 (mm)")):
+        values = [r[key] for r in rows if np.isfinite(r[key])]
+        ax.boxplot(values, widths=0.5)
+        ax.scatter(np.random.default_rng(0).normal(1, 0.04, len(values)), values, s=10, alpha=0.6)
+        ax.set_title(label)
+        ax.set_xticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,
+             limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True) -> dict:
+    options = options or CompleteOptions(preview=False)
+    options.preview = False
+    completer = NetworkCompleter(model if model is not None else options.model, options.device, options.backend)
+    found = find_cases(data)
+    if cases:
+        wanted = set(cases)
+        found = [c for c in found if c.case_id in wanted]
+        missing = wanted - {c.case_id for c in found}
+        if missing:
+            raise FileNotFoundError(f"{data}: no case {', '.join(sorted(missing))}")
+    found = [c for c in found if c.defective is not None]
+    if limit:
+        found = found[:limit]
+    if not found:
+        raise FileNotFoundError(f"{data}: no case with a defective skull to evaluate")
+    iterator = found
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(found, desc="evaluate", unit="case")
+    rows = []
+    for case in iterator:
+        rows.append(score_case(case, completer, options))
+        if progress:
+            iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
+    stats = summarise(rows)
+    summary = {key: stats[key]["mean"] for key in METRICS}
+    summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
+                    "device": str(completer.device), "backend": completer.backend, "statistics": stats})
+    with staged_output(Path(out)) as stage:
+        with open(stage / "cases.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}")
+        lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
+                 "Each defective skull went through the `sparseskull complete` pipeline on its full grid.", "",
+                 "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
+        for key in (*METRICS, "input_alone_dsc"):
+            s = stats[key]
+            lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
+        lines += ["", "![box plots](boxplots.png)", "", "Per case: `cases.csv`."]
+        (stage / "report.md").write_text("\n".join(lines) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
