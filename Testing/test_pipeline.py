@@ -254,3 +254,15 @@ def test_real_oblique_skullfix_case(tmp_path):
     assert dice(result.implant.array, truth.array) > 0.8
     real = run_complete(DATA / "defective_skull" / f"{case}.nrrd", tmp_path / "model", CompleteOptions(preview=False))
     assert real.report["input_kind"] == "mask" and real.implant.same_grid(defective)
+
+
+def test_automatic_threshold_finds_the_bone(sample):
+    from sparseskull.metrics import dice
+    from sparseskull.pipeline import auto_threshold, skull_from_input
+
+    threshold = auto_threshold(sample.ct)
+    assert 150 <= threshold <= 700
+    skull, info = skull_from_input(sample.ct, CompleteOptions(threshold_hu="auto"))
+    assert info["threshold_hu"] == round(threshold, 1) and info["input_kind"] == "ct"
+    assert dice(skull.array, sample.defective.array) > 0.9
+    assert info["dropped_voxels"] > 0  # the CT table, a separate piece of "bone", is left out
