@@ -48,3 +48,27 @@ def test_evaluate_refuses_unknown_cases(tiny_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="no case 999"):
         evaluate(tiny_data, tmp_path / "r", cases=["999"], progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_mirror_baseline_fills_a_one_sided_hole_in_a_symmetric_shell():
+    """An ellipsoidal shell centred 6 mm to the patient's left of the grid centre, with a hole on its right side:
+    the plane search finds x = 6 mm and the reflected left side fills the hole."""
+    from sparseskull.baselines import midsagittal_plane, mirror_completion
+    from sparseskull.metrics import dice
+    from sparseskull.pipeline import clean_implant
+    from sparseskull.volume import Volume
+
+    n, s = 100, 2.0
+    lps = (np.indices((n, n, n)).reshape(3, -1).T - (n - 1) / 2) * s
+    centre = np.array([6.0, 0.0, 0.0])
+    d = lps - centre
+    r = np.linalg.norm(d / [0.8, 1.05, 0.95], axis=1)  # an ellipsoid: one mirror plane within the search
+    shell = ((r > 70) & (r < 80)).reshape(n, n, n)
+    hole = ((d @ np.array([-1.0, 0.0, 0.3]) / np.linalg.norm([1, 0, 0.3])) > 0.9 * np.linalg.norm(d, axis=1)).reshape(n, n, n) & shell
+    assert hole.sum() > 1000
+    volume = Volume(shell & ~hole, (s, s, s), tuple(-(n - 1) / 2 * s for _ in range(3)))
+    normal, offset = midsagittal_plane(volume)
+    assert abs(abs(normal[0]) - 1) < 1e-6 and abs(offset * np.sign(normal[0]) - 6.0) <= 1.5
+    completed, info = mirror_completion(volume)
+    implant, _ = clean_implant(completed & ~volume.array, volume, 100.0, 0.0)
+    assert dice(implant, hole) > 0.85

@@ -82,12 +82,15 @@ def _cmd_evaluate(args) -> int:
     from sparseskull.pipeline import CompleteOptions
 
     options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads)
-    summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json)
+    summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
+                       baselines=tuple(args.baselines))
     stats = summary["statistics"]
     print(f"{summary['model']} on {summary['cases']} cases:")
     for key in METRICS:
         s = stats[key]
         print(f"  {key:<18} mean {s['mean'] if s['mean'] is None else round(s['mean'], 4)}  median {s['median'] if s['median'] is None else round(s['median'], 4)}  (n {s['n']})")
+    for name, means in summary["baselines"].items():
+        print(f"  baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items() if v is not None))
     print(f"report: {args.out}/report.md, per case: {args.out}/cases.csv")
     return 0
 
@@ -210,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", default=None, help="only these case ids")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.add_argument("--json", default=None, help="also write the summary (means as completion_dsc, implant_dsc, ...) to this file")
+    p.add_argument("--baselines", nargs="*", default=[], choices=["mirror"], help="also score these baselines (mirror: reflect the skull about its mid-sagittal plane)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=_cmd_evaluate)
 

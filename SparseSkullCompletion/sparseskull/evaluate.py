@@ -23,11 +23,13 @@ from sparseskull.metrics import dice, implant_metrics, reconstruction_error
 from sparseskull.pipeline import CompleteOptions, NetworkCompleter, complete_skull
 
 METRICS = ("completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "implant_hd95_mm")
-FIELDS = ("case", "defect_class", *METRICS, "input_alone_dsc", "implant_cm3", "truth_implant_cm3", "seconds")
 
 
-def score_case(case, completer, options: CompleteOptions) -> dict:
-    """One case through the pipeline, against its ground truth."""
+BASELINES = ("mirror",)
+
+
+def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, ...] = ()) -> dict:
+    """One case through the pipeline, against its ground truth (and the baselines asked for)."""
     t0 = time.perf_counter()
     defective = read_mask(case.defective)
     if case.complete is not None:
@@ -42,6 +44,16 @@ def score_case(case, completer, options: CompleteOptions) -> dict:
     result = complete_skull(defective, options, completer=completer)
     m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
     cm3 = defective.voxel_volume_mm3 / 1000.0
+    extra = {}
+    if "mirror" in baselines:
+        from sparseskull.baselines import mirror_completion
+        from sparseskull.pipeline import clean_implant
+
+        mirrored, _ = mirror_completion(defective)
+        implant, _ = clean_implant(mirrored & ~np.asarray(defective.array, bool), defective, options.min_implant_mm3, 0.0, options.keep_fraction)
+        b = implant_metrics(implant, truth_implant, defective.array, defective.spacing_mm)
+        extra = {"mirror_implant_dsc": b["dsc"], "mirror_implant_bdsc": b["bdsc"], "mirror_implant_hd95_mm": b["hd95_mm"],
+                 "mirror_completion_dsc": dice(np.asarray(defective.array, bool) | implant, complete.array)}
     return {
         "case": case.case_id,
         "defect_class": case.defect_class or "",
@@ -54,13 +66,14 @@ def score_case(case, completer, options: CompleteOptions) -> dict:
         "implant_cm3": float(result.implant.array.sum()) * cm3,
         "truth_implant_cm3": float(truth_implant.sum()) * cm3,
         "seconds": time.perf_counter() - t0,
+        **extra,
     }
 
 
 def summarise(rows: list[dict]) -> dict:
     """Mean, std, median per metric (HD95: over the cases where it is defined, with the count)."""
     out: dict = {}
-    for key in (*METRICS, "input_alone_dsc"):
+    for key in [k for k in rows[0] if k not in ("case", "defect_class", "seconds", "implant_cm3", "truth_implant_cm3")]:
         values = np.array([r[key] for r in rows], dtype=float)
         finite = values[np.isfinite(values)]
         out[key] = {"mean": float(finite.mean()) if len(finite) else None, "std": float(finite.std()) if len(finite) else None,
@@ -93,7 +106,11 @@ def _fmt(v) -> str:
 
 
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,
-             limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True) -> dict:
+             limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True,
+             baselines: tuple[str, ...] = ()) -> dict:
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(BASELINES)}")
     options = options or CompleteOptions(preview=False)
     options.preview = False
     completer = NetworkCompleter(model if model is not None else options.model, options.device, options.backend)
@@ -116,16 +133,17 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
         iterator = tqdm(found, desc="evaluate", unit="case")
     rows = []
     for case in iterator:
-        rows.append(score_case(case, completer, options))
+        rows.append(score_case(case, completer, options, tuple(baselines)))
         if progress:
             iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
     stats = summarise(rows)
     summary = {key: stats[key]["mean"] for key in METRICS}
+    summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
                     "device": str(completer.device), "backend": completer.backend, "statistics": stats})
     with staged_output(Path(out)) as stage:
         with open(stage / "cases.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             for r in rows:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -134,8 +152,7 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
         lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
                  "Each defective skull went through the `sparseskull complete` pipeline on its full grid.", "",
                  "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
-        for key in (*METRICS, "input_alone_dsc"):
-            s = stats[key]
+        for key, s in stats.items():
             lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
         lines += ["", "![box plots](boxplots.png)", "", "Per case: `cases.csv`."]
         (stage / "report.md").write_text("\n".join(lines) + "\n")
