@@ -63,6 +63,8 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         "implant_bdsc": m["bdsc"],
         "implant_hd95_mm": m["hd95_mm"],
         "input_alone_dsc": dice(defective.array, complete.array),
+        "implant_centroid_error_mm": (float(np.linalg.norm(result.implant.centroid_lps() - defective.with_array(truth_implant).centroid_lps()))
+                                      if result.implant.array.any() and truth_implant.any() else float("nan")),
         "implant_cm3": float(result.implant.array.sum()) * cm3,
         "truth_implant_cm3": float(truth_implant.sum()) * cm3,
         "seconds": time.perf_counter() - t0,
