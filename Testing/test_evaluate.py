@@ -39,7 +39,9 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]["defect_class"] == "bilateral"
     assert float(rows[0]["truth_implant_cm3"]) > 1
-    assert "| implant_dsc |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| implant_dsc |" in report and "| bilateral | 2 |" in report
+    assert set(summary["by_class"]) == {"bilateral"} and summary["by_class"]["bilateral"]["implant_dsc"] == pytest.approx(summary["implant_dsc"])
 
 
 def test_evaluate_refuses_unknown_cases(tiny_data, tmp_path):

@@ -140,6 +140,8 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
             iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
     stats = summarise(rows)
     summary = {key: stats[key]["mean"] for key in METRICS}
+    classes = sorted({r["defect_class"] for r in rows if r["defect_class"]})
+    summary["by_class"] = {c: {key: summarise([r for r in rows if r["defect_class"] == c])[key]["mean"] for key in METRICS} for c in classes}
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
                     "device": str(completer.device), "backend": completer.backend, "statistics": stats})
@@ -156,6 +158,11 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
                  "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
         for key, s in stats.items():
             lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
+        if summary["by_class"]:
+            lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+            for c, means in summary["by_class"].items():
+                n = sum(r["defect_class"] == c for r in rows)
+                lines.append(f"| {c} | {n} | " + " | ".join(_fmt(means[k]) for k in METRICS) + " |")
         lines += ["", "![box plots](boxplots.png)", "", "Per case: `cases.csv`."]
         (stage / "report.md").write_text("\n".join(lines) + "\n")
     if json_path:
