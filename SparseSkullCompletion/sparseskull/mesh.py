@@ -39,14 +39,21 @@ class MeshCheck:
         return self.triangles > 0 and self.boundary_edges == 0 and self.non_manifold_edges == 0
 
 
-def _matrix(affine: np.ndarray):
+def transform_polydata(poly, affine: np.ndarray):
+    """``poly`` with every point mapped by the 4x4 ``affine`` (e.g. voxel index -> patient mm)."""
     import vtk
 
     m = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
             m.SetElement(r, c, float(affine[r, c]))
-    return m
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(m)
+    tf = vtk.vtkTransformFilter()
+    tf.SetInputData(poly)
+    tf.SetTransform(transform)
+    tf.Update()
+    return tf.GetOutput()
 
 
 def mask_to_mesh(mask: Volume, space: str = "LPS", sigma: float = 0.6, smoothing_iterations: int = 20,
@@ -109,13 +116,7 @@ def mask_to_mesh(mask: Volume, space: str = "LPS", sigma: float = 0.6, smoothing
     affine = mask.ijk_to_lps @ shift
     if space == "RAS":
         affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-    transform = vtk.vtkTransform()
-    transform.SetMatrix(_matrix(affine))
-    tf = vtk.vtkTransformFilter()
-    tf.SetInputData(poly)
-    tf.SetTransform(transform)
-    tf.Update()
-    poly = tf.GetOutput()
+    poly = transform_polydata(poly, affine)
     if np.linalg.det(affine[:3, :3]) < 0:  # a mirroring transform turns the triangles inside out
         rev = vtk.vtkReverseSense()
         rev.SetInputData(poly)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sparseskull.mesh import transform_polydata
 from sparseskull.resample import block_max
 from sparseskull.volume import Volume
 
@@ -47,18 +48,8 @@ def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
     affine = mask.ijk_to_lps.copy()
     affine[:3, :3] = affine[:3, :3] * factor
     affine[:3, 3] = mask.index_to_lps(np.full((1, 3), (factor - 1) / 2.0))[0]
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, affine[r, c])
-    transform = vtk.vtkTransform()
-    transform.SetMatrix(matrix)
-    tf = vtk.vtkTransformFilter()
-    tf.SetInputData(poly)
-    tf.SetTransform(transform)
-    tf.Update()
     normals = vtk.vtkPolyDataNormals()
-    normals.SetInputData(tf.GetOutput())
+    normals.SetInputData(transform_polydata(poly, affine))
     normals.Update()
     return normals.GetOutput()
 
