@@ -266,3 +266,19 @@ def test_automatic_threshold_finds_the_bone(sample):
     assert info["threshold_hu"] == round(threshold, 1) and info["input_kind"] == "ct"
     assert dice(skull.array, sample.defective.array) > 0.9
     assert info["dropped_voxels"] > 0  # the CT table, a separate piece of "bone", is left out
+
+
+@pytest.mark.parametrize("options", [
+    CompleteOptions(),
+    CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
+                    clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
+], ids=["defaults", "every-flag"])
+def test_options_survive_the_command_line(options):
+    """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""
+    from sparseskull.cli import build_parser, complete_options
+    from sparseskull.pipeline import options_to_args
+
+    args = build_parser().parse_args(["complete", "ct.nrrd", "--out", "out", *options_to_args(options)])
+    assert complete_options(args) == options
+    with pytest.raises(ValueError, match="keep_fraction"):
+        options_to_args(CompleteOptions(keep_fraction=0.5))

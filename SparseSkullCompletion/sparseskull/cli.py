@@ -64,15 +64,21 @@ def _threshold(value: str):
     return value if value == "auto" else float(value)
 
 
-def _cmd_complete(args) -> int:
-    from sparseskull.pipeline import CompleteOptions, run_complete
+def complete_options(args):
+    """The CompleteOptions that `sparseskull complete`'s arguments ask for (pipeline.options_to_args is the inverse)."""
+    from sparseskull.pipeline import CompleteOptions
 
-    options = CompleteOptions(
+    return CompleteOptions(
         threshold_hu=args.threshold_hu, input_kind=args.input_kind, model=args.model, device=args.device, backend=args.backend,
         min_implant_mm3=args.min_implant_mm3, clearance_mm=args.clearance_mm, smoothing_iterations=args.smoothing,
         decimate=args.decimate, stl_space=args.stl_space, skull_stl=args.skull_stl, preview=not args.no_preview, threads=args.threads,
     )
-    result = run_complete(args.input, args.out, options, progress=_stage_printer())
+
+
+def _cmd_complete(args) -> int:
+    from sparseskull.pipeline import run_complete
+
+    result = run_complete(args.input, args.out, complete_options(args), progress=_stage_printer())
     _summary(result.report, args.out)
     return 0
 
@@ -96,9 +102,9 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from sparseskull.models import default_model_name, list_models, models_dir
+    from sparseskull.models import available_models, default_model_name, models_dir
 
-    models = list_models()
+    models = available_models()
     if not models:
         print(f"no shipped models in {models_dir()}")
         return 1
@@ -109,9 +115,12 @@ def _cmd_models(args) -> int:
         spacing = "x".join(f"{v:.2f}" for v in i.spacing_mm) if i.spacing_mm else "-"
         res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
         imp, dsc = i.metrics.get("val_implant_dsc"), i.metrics.get("val_dsc")
-        mark = " (default)" if m.name == default else ""
+        mark = " (default)" if m.shipped and m.name == default else "" if m.shipped else " (yours)"
         print(f"{m.name + mark:<24} {i.task:<16} {res:>10} {spacing:>20} {'-' if imp is None else f'{imp:.3f}':>15} {'-' if dsc is None else f'{dsc:.4f}':>8}")
     print(f"model cards: {models_dir()}/<name>.md; use one with --model NAME")
+    for m in models:
+        if not m.shipped:
+            print(f"yours: {m.name} = {m.path} (use it with --model PATH)")
     return 0
 
 

@@ -2,10 +2,13 @@
 
 Each shipped model is ``<name>.safetensors`` with a model card ``<name>.md`` beside it. The
 default model, the one "Complete skull" uses, is named in ``Resources/Models/default.txt``.
+Models a user trained are registered in ``~/.sparseskull/models.json`` (``$SPARSESKULL_HOME``
+overrides the folder), so that Slicer's model list shows them beside the shipped ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ class ShippedModel:
     name: str
     path: Path
     info: ModelInfo
+    shipped: bool = True  # False: a model the user trained and registered
 
     @property
     def card(self) -> Path:
@@ -64,3 +68,51 @@ def resolve_model(spec: str | os.PathLike | None = None, folder: Path | None = N
         names = ", ".join(m.name for m in list_models(folder)) or "none"
         raise FileNotFoundError(f"no shipped model named {spec!r} (shipped: {names}); or give a path to a .safetensors file")
     return shipped
+
+
+def user_models_file() -> Path:
+    home = os.environ.get("SPARSESKULL_HOME")
+    return (Path(home) if home else Path.home() / ".sparseskull") / "models.json"
+
+
+def _registered_paths() -> list[str]:
+    try:
+        paths = json.loads(user_models_file().read_text()).get("models", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [p for p in paths if isinstance(p, str)]
+
+
+def register_model(path: str | os.PathLike) -> ShippedModel:
+    """Add a trained model file to the user's list (checked first: a model from another program is refused)."""
+    from sparseskull.io import atomic_write
+
+    path = Path(path).resolve()
+    info = read_info(path)  # FileNotFoundError / ModelFileError with the reason
+    paths = [p for p in _registered_paths() if Path(p) != path] + [str(path)]
+    target = user_models_file()
+    atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps({"models": paths}, indent=1) + "\n"))
+    return ShippedModel(_registered_name(path), path, info, shipped=False)
+
+
+def _registered_name(path: Path) -> str:
+    """A trained run's model is ``<run>/model.safetensors``: the run folder names it."""
+    return path.parent.name if path.stem == "model" else path.stem
+
+
+def registered_models() -> list[ShippedModel]:
+    """The user's registered models whose files still exist and read as sparseskull models."""
+    from sparseskull.weights import ModelFileError
+
+    found = []
+    for p in _registered_paths():
+        try:
+            found.append(ShippedModel(_registered_name(Path(p)), Path(p), read_info(p), shipped=False))
+        except (FileNotFoundError, ModelFileError):
+            continue
+    return found
+
+
+def available_models() -> list[ShippedModel]:
+    """The shipped models, then the user's registered ones."""
+    return list_models() + registered_models()

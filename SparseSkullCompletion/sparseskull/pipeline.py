@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -481,3 +482,100 @@ def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None
         result.report["files"] = files + ["report.json"]
         (stage / "report.json").write_text(json.dumps(result.report, indent=1) + "\n")
     return result
+
+
+# ---------------------------------------------------------------------------- in a child process (Slicer)
+
+# CompleteOptions field -> `sparseskull complete` flag; keep in step with cli.py (a test round-trips them)
+_FLAGS = {"threshold_hu": "--threshold-hu", "input_kind": "--input-kind", "model": "--model", "device": "--device", "backend": "--backend",
+          "min_implant_mm3": "--min-implant-mm3", "clearance_mm": "--clearance-mm", "smoothing_iterations": "--smoothing",
+          "decimate": "--decimate", "stl_space": "--stl-space", "threads": "--threads"}
+
+
+def options_to_args(options: CompleteOptions) -> list[str]:
+    """The ``sparseskull complete`` arguments that reproduce ``options``."""
+    default = CompleteOptions()
+    args: list[str] = []
+    for name, flag in _FLAGS.items():
+        value = getattr(options, name)
+        if value is not None and value != getattr(default, name):
+            args += [flag, str(value)]
+    if options.skull_stl:
+        args.append("--skull-stl")
+    if not options.preview:
+        args.append("--no-preview")
+    for name in ("keep_fraction", "max_extent"):
+        if getattr(options, name) != getattr(default, name):
+            raise ValueError(f"{name} has no command-line flag; run complete_skull() in this process to change it")
+    return args
+
+
+class CompletionProcess:
+    """``sparseskull complete`` in a child process, its stage progress parsed from the output.
+
+    ``poll()`` takes the new output lines and updates ``stage``/``fraction``; ``cancel()`` ends the run and
+    its children (nothing is left in ``out``: the run writes there only on success); ``error()`` is the
+    message a failed run gave.
+    """
+
+    _STAGE = re.compile(r"^\[(\d+)/(\d+)\] (.+) \([\d.]+ s\)$")
+    _ERROR = re.compile(r"^sparseskull complete: error: (.+)$")
+
+    def __init__(self, source, out, options: CompleteOptions | None = None, python: str | None = None):
+        from sparseskull.process import ChildProcess
+
+        self.out = Path(out)
+        self.stage, self.fraction = "starting", 0.0
+        self.child = ChildProcess("sparseskull", ["complete", str(source), "--out", str(out), *options_to_args(options or CompleteOptions())],
+                                  python=python)
+
+    @property
+    def log(self) -> list[str]:
+        return self.child.log
+
+    def poll(self) -> list[str]:
+        lines = self.child.lines()
+        for line in lines:
+            match = self._STAGE.match(line)
+            if match:
+                index, total = int(match[1]), int(match[2])
+                self.stage, self.fraction = match[3], (index - 1) / total
+        self._finished()
+        return lines
+
+    def _finished(self) -> bool:
+        if not self.child.drained():
+            return False
+        if self.child.returncode == 0:
+            self.stage, self.fraction = "done", 1.0
+        return True
+
+    def running(self) -> bool:
+        """False once the child has ended and ``poll()`` has taken all its output."""
+        return not self._finished()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.child.returncode
+
+    def error(self) -> str | None:
+        """The core's message for a failed run (or the last line of its traceback); None while running or on success."""
+        if self.running() or self.child.returncode == 0:
+            return None
+        self.poll()
+        for line in reversed(self.log):
+            match = self._ERROR.match(line)
+            if match:
+                return match[1]
+        if self.child.returncode is not None and self.child.returncode < 0:
+            return f"stopped by signal {-self.child.returncode}"
+        return self.log[-1] if self.log else f"exited with code {self.child.returncode}"
+
+    def cancel(self) -> None:
+        self.child.cancel()
+        self.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.child.wait(timeout)
+        self.poll()
+        return code

@@ -34,6 +34,7 @@ from sparseskull.augment import Augmentation
 from sparseskull.io import atomic_write
 from sparseskull.model import SparseCompletionNet, completion_loss, parse_channels
 from sparseskull.pairs import TASKS, PairSampler, collate, dice_by_batch, load_skulls, minus, split, with_input
+from sparseskull.process import ChildProcess
 from sparseskull.sparse.backends import from_backend, to_backend
 from sparseskull.synth.defects import DEFECT_CLASSES
 
@@ -591,7 +592,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
 # ---------------------------------------------------------------------------- from another program (Slicer)
 
 
-class TrainingProcess:
+class TrainingProcess(ChildProcess):
     """A training run in a child process (so Slicer's GUI stays responsive), with its output streamed.
 
     ``lines()`` returns the output lines that arrived since the last call (never blocks);
@@ -599,61 +600,14 @@ class TrainingProcess:
     """
 
     def __init__(self, args: list[str], python: str | None = None, echo: bool = False):
-        import queue
-        import subprocess
-        import threading
-
-        self.args = list(args)
+        super().__init__("sparseskull.train", args, python=python, echo=echo)
         self.out = Path(_arg_value(self.args, "--out") or _arg_value(self.args, "--resume") or ".")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        package_parent = str(Path(__file__).resolve().parents[1])  # works without pip-installing sparseskull
-        env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.process = subprocess.Popen(
-            [python or _python_executable(), "-m", "sparseskull.train", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1,
-        )
-        self._queue: queue.Queue = queue.Queue()
-
-        def pump():
-            for line in self.process.stdout:
-                for part in line.replace("\r", "\n").splitlines():  # tqdm redraws with carriage returns
-                    if part.strip():
-                        self._queue.put(part)
-                        if echo:
-                            print(part, flush=True)
-            self.process.stdout.close()
-
-        self._thread = threading.Thread(target=pump, daemon=True)
-        self._thread.start()
-
-    def lines(self) -> list[str]:
-        out = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
-        return out
 
     def progress(self) -> dict | None:
         try:
             return json.loads((self.out / "progress.json").read_text())
         except (OSError, json.JSONDecodeError):
             return None
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def drained(self) -> bool:
-        """The process has ended and all its output has been taken with ``lines()``."""
-        return not self.running() and not self._thread.is_alive() and self._queue.empty()
-
-    def stop(self) -> None:
-        """Ask the run to save its checkpoint and exit (SIGTERM; on Windows the process is terminated)."""
-        if self.running():
-            self.process.terminate()
-
-    def wait(self, timeout: float | None = None) -> int:
-        code = self.process.wait(timeout)
-        self._thread.join(timeout=5)
-        return code
 
 
 def _arg_value(args: list[str], name: str) -> str | None:
@@ -663,17 +617,6 @@ def _arg_value(args: list[str], name: str) -> str | None:
         if a.startswith(name + "="):
             return a.split("=", 1)[1]
     return None
-
-
-def _python_executable() -> str:
-    """Slicer's own interpreter is PythonSlicer (sys.executable is the Slicer application there)."""
-    if "slicer" in sys.modules:
-        import shutil
-
-        found = shutil.which("PythonSlicer")
-        if found:
-            return found
-    return sys.executable
 
 
 def launch(*args: str, echo: bool = True, **options) -> TrainingProcess:
