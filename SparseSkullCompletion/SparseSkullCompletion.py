@@ -202,6 +202,9 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.autoThresholdButton.enabled = isCT
         self.ui.previewCheckBox.enabled = isCT
         self.ui.applyButton.enabled = node is not None and self.job is None
+        if self.job is None:
+            self.ui.statusLabel.text = _("Ready: check the green bone preview, then click Complete skull.") if isCT else (
+                _("Ready: click Complete skull.") if node is not None else _("Select a head CT or a skull segmentation."))
         self.updateBonePreview()
 
     def onAutoThreshold(self):
