@@ -192,7 +192,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         with slicer.util.tryWithErrorDisplay(_("This file is not a model this module can use."), waitCursor=True):
             name = self.logic.registerModel(path)
             self.refreshChoices()
-            self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findText(name, 0x1)))  # Qt::MatchStartsWith
+            self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findText(name, qt.Qt.MatchStartsWith)))
 
     # bone threshold ----------------------------------------------------------------------
 
@@ -439,14 +439,10 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         """(label, value) pairs: Auto and CPU always, then each GPU torch sees."""
         choices = [(_("Auto"), "auto"), (_("CPU"), "cpu")]
         try:
-            import torch
-        except ImportError:
+            from sparseskull.train import available_devices
+        except ImportError:  # no torch yet: the first run installs it
             return choices
-        if torch.cuda.is_available():
-            choices += [(f"GPU {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}") for i in range(torch.cuda.device_count())]
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            choices.append((_("GPU: Apple MPS"), "mps"))
-        return choices
+        return choices + [(label, value) for value, label in available_devices()]
 
     @classmethod
     def deviceSummary(cls):
@@ -456,9 +452,11 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def backendChoices():
         """The sparse engines installed here: torch always; MinkowskiEngine and spconv when present."""
-        import importlib.util
-
-        return ["torch"] + [name for name, module in (("minkowski", "MinkowskiEngine"), ("spconv", "spconv")) if importlib.util.find_spec(module)]
+        try:
+            from sparseskull.sparse.backends import available_backends
+        except ImportError:
+            return ["torch"]
+        return available_backends()
 
     @staticmethod
     def modelChoices(task="completion"):
@@ -468,7 +466,7 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         default = default_model_name()
         models = [m for m in available_models() if m.info.task == task]
         models.sort(key=lambda m: (not (m.shipped and m.name == default), not m.shipped))
-        return [(f"{m.name} ({m.info.resolution}^2{'' if m.shipped else ', yours'})", str(m.path)) for m in models]
+        return [(m.label, str(m.path)) for m in models]
 
     @staticmethod
     def registerModel(path):

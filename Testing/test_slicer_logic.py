@@ -332,3 +332,44 @@ def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     widget.onExportStl()
     assert check_mesh(read_stl(tmp_path / "chosen.stl")).watertight and "chosen.stl" in ui.statusLabel.text
     assert "[8/8] write" in widget.lastLog()
+
+
+def test_training_from_the_console_streams_and_registers_its_model(tiny_data, tmp_path, monkeypatch, capsys):
+    """``launchTraining`` (Slicer's Python console): the run's output is printed from a timer on the main
+    thread, and its model joins the module's model list when it ends (Qt's timer stood in for)."""
+    import types
+
+    monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
+    timers = []
+
+    class Timer:
+        def __init__(self):
+            self.slot, self.active = None, False
+            timers.append(self)
+
+        def setInterval(self, ms):
+            pass
+
+        def connect(self, signal, slot):
+            self.slot = slot
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=Timer))
+    out = tmp_path / "my-run"
+    job = module.launchTraining("--data", str(tiny_data), "--out", str(out), steps=3, batch_size=1, validation=1, val_every=1000,
+                                threads=2, no_progress=True)
+    timer = timers[0]
+    deadline = time.time() + 180
+    while timer.active and time.time() < deadline:
+        timer.slot()
+        time.sleep(0.2)
+    assert not timer.active and job.returncode == 0
+    printed = capsys.readouterr().out
+    assert "registered my-run" in printed
+    labels = [label for label, path in module.SparseSkullCompletionLogic.modelChoices()]
+    assert "my-run (64^2, yours)" in labels

@@ -14,7 +14,6 @@ With ``--report`` the panel shows the state after a run (progress full, the run'
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -112,6 +111,8 @@ def fill(panel, report: dict | None = None) -> None:
 
     sys.path.insert(0, str(REPO / "SparseSkullCompletion"))
     from sparseskull.models import available_models, default_model_name
+    from sparseskull.sparse.backends import available_backends
+    from sparseskull.train import available_devices
 
     def child(name, cls=QtWidgets.QWidget):
         return panel.findChild(cls, name)
@@ -120,20 +121,12 @@ def fill(panel, report: dict | None = None) -> None:
     default = default_model_name()
     for m in sorted(available_models(), key=lambda m: m.name != default):
         if m.info.task == "completion":
-            child("modelComboBox", QtWidgets.QComboBox).addItem(f"{m.name} ({m.info.resolution}^2{'' if m.shipped else ', yours'})")
+            child("modelComboBox", QtWidgets.QComboBox).addItem(m.label)
     devices = child("deviceComboBox", QtWidgets.QComboBox)
-    devices.addItems(["Auto", "CPU"])
-    gpus = []
-    try:
-        import torch
-
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    except ImportError:
-        pass
-    devices.addItems([f"GPU {i}: {name}" for i, name in enumerate(gpus)])
+    gpus = [label for _, label in available_devices()]
+    devices.addItems(["Auto", "CPU", *gpus])
     child("deviceInfoLabel", QtWidgets.QLabel).setText("Detected: " + (", ".join(gpus) if gpus else "CPU only (no GPU found by torch)"))
-    engines = ["torch"] + [n for n, mod in (("minkowski", "MinkowskiEngine"), ("spconv", "spconv")) if importlib.util.find_spec(mod)]
-    child("backendComboBox", QtWidgets.QComboBox).addItems(engines)
+    child("backendComboBox", QtWidgets.QComboBox).addItems(available_backends())
     child("applyButton", QtWidgets.QPushButton).setEnabled(True)
     child("statusLabel", QtWidgets.QLabel).setText("Ready: check the green bone preview, then click Complete skull.")
     if report is not None:

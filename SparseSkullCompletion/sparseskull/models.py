@@ -30,6 +30,11 @@ class ShippedModel:
     shipped: bool = True  # False: a model the user trained and registered
 
     @property
+    def label(self) -> str:
+        """How model lists show it: 'skullfix-ch1-64 (64^2)', or 'my-run (64^2, yours)'."""
+        return f"{self.name} ({self.info.resolution}^2{'' if self.shipped else ', yours'})"
+
+    @property
     def card(self) -> Path:
         return self.path.with_suffix(".md")
 

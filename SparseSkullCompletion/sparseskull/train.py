@@ -104,6 +104,14 @@ class TrainConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
+def available_devices() -> list[tuple[str, str]]:
+    """(device, label) for each accelerator this PyTorch sees: ``cuda:N`` with the GPU's name, ``mps``."""
+    found = [(f"cuda:{i}", f"GPU {i}: {torch.cuda.get_device_name(i)}") for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append(("mps", "GPU: Apple MPS"))
+    return found
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
