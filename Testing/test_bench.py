@@ -31,3 +31,28 @@ def test_bench_engine_writes_rows_and_ratios(tmp_path):
 def test_bench_cli(tmp_path, capsys):
     assert main(["bench", "engine", "--grids", "16", "--backends", "torch", "--threads", "1", "--json", str(tmp_path / "b.json")]) == 0
     assert "torch" in capsys.readouterr().out
+
+
+def test_bench_network_rows_ratios_points_and_plot(tmp_path, capsys):
+    """`sparseskull bench network` at 64 on a generated skull: a training step and inference for the sparse
+    network (the shipped 64 model infers) and its dense counterpart, the JSON the issue names, the plot;
+    and a run over the memory limit is reported as not fitting instead of crashing."""
+    out, png = tmp_path / "network.json", tmp_path / "network.png"
+    from sparseskull.bench import bench_network
+
+    result = bench_network(None, resolutions=(64,), backends=("torch",), steps=1, threads=1, json_path=str(out), plot_path=str(png))
+    assert json.loads(out.read_text()) == result and png.stat().st_size > 10_000
+    rows = {(r["mode"], r["model"]): r for r in result["rows"]}
+    assert set(rows) == {("train", "sparse"), ("inference", "sparse"), ("train", "dense"), ("inference", "dense")}
+    for row in rows.values():
+        assert {"resolution", "mode", "model", "backend", "seconds", "peak_mib"} <= set(row), row
+        assert row["resolution"] == 64 and row["seconds"] > 0 and row["peak_mib"] > 0
+    sparse = rows[("inference", "sparse")]
+    assert sparse["pruning"] == "trained network"  # the shipped skullfix-ch1-64
+    assert len(sparse["points"]["kept_per_level"]) <= 6 and sparse["points"]["input"] == sparse["input_voxels"]
+    assert rows[("train", "sparse")]["points"]["kept_per_level"][-1] > 0
+    assert "64 train: torch/dense time" in result["ratios"]
+
+    tight = bench_network(None, resolutions=(64,), backends=("torch",), modes=("inference",), dense=False, steps=1, threads=1,
+                          memory_limit_gib=0.3)
+    assert tight["rows"][0]["error"].startswith("does not fit"), tight["rows"][0]

@@ -272,8 +272,295 @@ def bench_train(resolutions=(64, 128, 256), backends=("torch",), steps: int = 5,
     return result
 
 
+# ---------------------------------------------------------------------------- bench network
+
+NETWORK_RESOLUTIONS = (64, 128, 256, 512)
+
+
+def _dense_grid(coords, shape):
+    """The (1, 1, X, Y, Z) occupancy grid of voxel coordinates, each size rounded up to the network's total stride."""
+    import torch
+
+    from sparseskull.model import TOTAL_STRIDE
+
+    size = [-(-max(int(n), int(c) + 1) // TOTAL_STRIDE) * TOTAL_STRIDE for n, c in zip(shape, coords.max(axis=0))]
+    grid = torch.zeros((1, 1, *size))
+    grid[0, 0, coords[:, 0], coords[:, 1], coords[:, 2]] = 1.0
+    return grid
+
+
+def _network_one(pair_file: str, mode: str, kind: str, backend: str, threads: int, steps: int, weights: str | None) -> dict:
+    """One (mode, network, backend) measurement in this process: median seconds of ``steps`` runs after
+    one warm-up, this process's peak memory, and the points of each decoder level."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    data = np.load(pair_file)
+    row = {"mode": mode, "model": kind, "backend": backend if kind == "sparse" else "torch-dense", "threads": threads}
+    times = []
+    if kind == "dense":
+        from sparseskull.dense_model import DenseCompletionNet, dice_loss
+        from sparseskull.model import TOTAL_STRIDE
+
+        x, target = _dense_grid(data["inputs"], data["shape"]), _dense_grid(data["target"], data["shape"])
+        target = target[..., : x.shape[2], : x.shape[3], : x.shape[4]]
+        model = DenseCompletionNet("ch1")
+        row["dense_grid"] = list(x.shape[2:])
+        if mode == "train":
+            model.train()
+            if all(n == TOTAL_STRIDE for n in x.shape[2:]):  # a 1-voxel bottleneck has no batch statistics: the
+                for m in model.modules():  # batch norms use running ones (the same arithmetic)
+                    if isinstance(m, torch.nn.BatchNorm3d):
+                        m.eval()
+                row["note"] = "batch norms on running statistics (1-voxel bottleneck)"
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                loss = dice_loss(model(x)[-1], target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+        else:
+            model.eval()
+            with torch.inference_mode():
+                for i in range(steps + 1):
+                    t0 = time.perf_counter()
+                    model(x)
+                    times.append(time.perf_counter() - t0)
+    else:
+        from sparseskull.model import SparseCompletionNet, completion_loss
+        from sparseskull.pairs import Pair, collate
+        from sparseskull.sparse.backends import to_backend
+
+        x, target = collate([Pair(data["inputs"], data["target"], "bench", "bench")])
+        if weights:
+            from sparseskull.weights import load_model
+
+            model, _ = load_model(weights)
+        else:
+            model = SparseCompletionNet("ch1")
+        # without a trained model, pruning keeps exactly the ground truth's points: a trained network's counts
+        row["pruning"] = "trained network" if weights else "ground truth (untrained weights)"
+        levels = None
+        if mode == "train":
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                out = model(to_backend(x, backend), target=target, oracle=not weights)
+                loss = completion_loss(out)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+                levels = [(len(lvl.logits), lvl.kept) for lvl in out.levels]
+                del out, loss
+        else:
+            model.eval()
+            with torch.inference_mode():
+                for i in range(steps + 1):
+                    t0 = time.perf_counter()
+                    out = model(to_backend(x, backend), target=None if weights else target, tau=model_tau(weights), oracle=not weights)
+                    times.append(time.perf_counter() - t0)
+                    levels = [(len(lvl.logits), lvl.kept) for lvl in out.levels]
+                    del out
+        row["points"] = {"input": int(len(x)), "target": int(len(target)),
+                         "generated_per_level": [g for g, _ in levels], "kept_per_level": [k for _, k in levels]}
+    row["seconds"] = round(statistics.median(times[1:]) if len(times) > 1 else times[0], 3)
+    row["first_s"] = round(times[0], 3)
+    row["peak_mib"] = _peak_mib()
+    return row
+
+
+def model_tau(weights: str | None) -> float:
+    if not weights:
+        return 0.0
+    from sparseskull.weights import read_info
+
+    return float(read_info(weights).tau)
+
+
+def _skull_pair(case, resolution: int, seed: int):
+    """(complete, defective) masks at ``resolution``: a real case's, or a generated skull's with a
+    parietotemporal defect."""
+    import numpy as np
+
+    from sparseskull.resample import downsample_to
+
+    if case is not None:
+        from sparseskull.io import read_mask
+
+        complete, defective = read_mask(case.complete), read_mask(case.defective)
+    else:
+        from sparseskull.synth.defects import cut_random_defect
+        from sparseskull.synth.skull import generate_skull
+
+        complete = generate_skull(seed).mask
+        defective = cut_random_defect(complete, "parietotemporal", np.random.default_rng(0)).defective
+    if resolution != complete.shape[0]:
+        complete, defective = downsample_to(complete, resolution), downsample_to(defective, resolution)
+    return complete, defective
+
+
+def _memory_limit_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20 * 0.8, 1)
+    except OSError:
+        pass
+    return 16.0
+
+
+def bench_network(data: str | None = None, case_id: str | None = None, resolutions=NETWORK_RESOLUTIONS, backends=("torch",),
+                  modes=("train", "inference"), dense: bool = True, steps: int = 2, threads: int = 2, seed: int = 5,
+                  memory_limit_gib: float | None = None, json_path: str | None = None, plot_path: str | None = None,
+                  dense_max_resolution: int = 512) -> dict:
+    """The whole network (ch1, batch 1) at each resolution: training step and inference, time and peak
+    memory, sparse on each backend and dense where it fits, on one real skull (or a generated one).
+
+    Each measurement runs in its own process under an address-space limit (``memory_limit_gib``, default
+    80% of this machine's memory): one that runs out is reported as "does not fit" instead of taking the
+    machine down. Inference uses the shipped model at the resolution it was trained for; at the others,
+    untrained weights with ground-truth pruning stand in for a trained network's point counts.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from sparseskull.augment import Augmentation, augment
+
+    case = None
+    if data is not None:
+        from sparseskull.dataset import find_cases
+
+        cases = [c for c in find_cases(data) if c.complete is not None and c.defective is not None]
+        if not cases:
+            raise ValueError(f"{data}: no case with both a complete and a defective skull")
+        case = next((c for c in cases if c.case_id == case_id), None) if case_id else cases[0]
+        if case is None:
+            raise ValueError(f"{data}: no case {case_id!r}")
+    shipped = _shipped_by_resolution()
+    limit = memory_limit_gib or _memory_limit_gib()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for res in resolutions:
+            complete, defective = _skull_pair(case, res, seed)
+            target, inputs = augment([complete.array, defective.array], np.random.default_rng(0), Augmentation.none())
+            pair_file = str(Path(tmp) / f"pair{res}.npz")
+            np.savez(pair_file, inputs=inputs, target=target, shape=np.array(complete.shape))
+            base = {"resolution": res, "grid": list(complete.shape), "skull_voxels": int(np.count_nonzero(complete.array)),
+                    "input_voxels": int(len(inputs))}
+            runs = [(mode, "sparse", b) for mode in modes for b in backends]
+            if dense and res <= dense_max_resolution:
+                runs += [(mode, "dense", "torch") for mode in modes]
+            for mode, kind, backend in runs:
+                weights = shipped.get(res) if (mode == "inference" and kind == "sparse") else None
+                cmd = [sys.executable, "-m", "sparseskull.bench", "network", pair_file, mode, kind, backend, str(threads), str(steps),
+                       str(limit), weights or ""]
+                run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                row = dict(base, mode=mode, model=kind, backend=backend if kind == "sparse" else "torch-dense")
+                if run.returncode == 0:
+                    row.update(json.loads(run.stdout.strip().splitlines()[-1]))
+                else:
+                    tail = (run.stderr.strip().splitlines() or [f"exit code {run.returncode}"])[-1]
+                    oom = run.returncode in (-9, 137) or any(k in run.stderr for k in ("MemoryError", "not enough memory", "Cannot allocate memory", "DefaultCPUAllocator"))
+                    row.update(error=f"does not fit in {limit:g} GiB" if oom else tail)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    result = {"threads": threads, "steps": steps, "memory_limit_gib": limit, "case": case.case_id if case else f"generated skull seed {seed}",
+              "rows": rows, "ratios": _network_ratios(rows)}
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    if plot_path:
+        plot_network(result, plot_path)
+    return result
+
+
+def _shipped_by_resolution() -> dict[int, str]:
+    """The shipped ch1 completion models by the resolution they were trained for."""
+    from sparseskull.model import CHANNEL_PRESETS
+    from sparseskull.models import list_models
+
+    return {m.info.resolution: str(m.path) for m in list_models() if m.info.task == "completion" and tuple(m.info.channels) == tuple(CHANNEL_PRESETS["ch1"])}
+
+
+def _network_ratios(rows: list[dict]) -> dict:
+    ok = {(r["resolution"], r["mode"], r["model"], r["backend"]): r for r in rows if "seconds" in r}
+    ratios = {}
+    for (res, mode, kind, backend), r in ok.items():
+        torch_row = ok.get((res, mode, "sparse", "torch"))
+        if torch_row is None or r is torch_row:
+            continue
+        name = "dense" if kind == "dense" else backend
+        ratios[f"{res} {mode}: torch/{name} time"] = round(torch_row["seconds"] / r["seconds"], 3)
+        ratios[f"{res} {mode}: torch/{name} peak memory"] = round(torch_row["peak_mib"] / r["peak_mib"], 3)
+    return ratios
+
+
+def plot_network(result: dict, path: str | os.PathLike) -> Path:
+    """The paper's Table 4 / Fig. 5 as curves (time and memory against resolution, sparse vs dense), and
+    inference time against the number of skull voxels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if "seconds" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    series = sorted({(r["mode"], r["model"], r["backend"]) for r in rows})
+    for mode, kind, backend in series:
+        pts = sorted((r["resolution"], r["seconds"], r["peak_mib"]) for r in rows if (r["mode"], r["model"], r["backend"]) == (mode, kind, backend))
+        label = f"{'dense' if kind == 'dense' else 'sparse ' + backend}, {mode}"
+        style = dict(marker="o" if mode == "train" else "s", linestyle="-" if kind == "sparse" else "--")
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
+        axes[1].plot([p[0] for p in pts], [p[2] / 1024 for p in pts], label=label, **style)
+    for ax, title, unit in ((axes[0], "time per step / inference", "seconds"), (axes[1], "peak memory (process RSS)", "GiB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([64, 128, 256, 512], ["64", "128", "256", "512"])
+        ax.set_xlabel("in-plane resolution (N of N^2 x Z)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    ax = axes[2]
+    for backend in sorted({r["backend"] for r in rows if r["model"] == "sparse"}):
+        pts = sorted((r["skull_voxels"], r["seconds"]) for r in rows if r["model"] == "sparse" and r["backend"] == backend and r["mode"] == "inference")
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", label=f"sparse {backend}, inference")
+            v0, t0 = pts[0]
+            ax.plot([v0, pts[-1][0]], [t0, t0 * pts[-1][0] / v0], color="grey", linestyle=":", label="proportional to voxels" if backend == "torch" else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("skull voxels")
+    ax.set_ylabel("seconds")
+    ax.set_title("inference time against skull size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Sparse vs dense network (ch1, batch 1, {result['threads']} threads): {result['case']}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "train":
+    if sys.argv[1] == "network":
+        pair, mode, kind, backend, threads, steps, limit, weights = sys.argv[2:10]
+        import importlib
+
+        # loaded before the limit, which then bounds what the measurement itself allocates
+        for name in ("torch", "sparseskull.dense_model", "sparseskull.model", "sparseskull.pairs", "sparseskull.weights",
+                     *(["MinkowskiEngine"] if backend == "minkowski" and kind == "sparse" else [])):
+            importlib.import_module(name)
+        resource.setrlimit(resource.RLIMIT_AS, (int(float(limit) * 2**30),) * 2)
+        print(json.dumps(_network_one(pair, mode, kind, backend, int(threads), int(steps), weights or None)))
+    elif sys.argv[1] == "train":
         print(json.dumps(_train_steps(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
     else:
         grid, backend, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -131,11 +131,42 @@ def _cmd_make_sample(args) -> int:
     return 0
 
 
+def _bench_network(args) -> int:
+    from pathlib import Path
+
+    from sparseskull.bench import NETWORK_RESOLUTIONS, bench_network
+    from sparseskull.sparse.backends import available_backends
+
+    data = args.data
+    if data is None:
+        beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "autoimplant2020"
+        data = str(beside) if (beside / "complete_skull").is_dir() else None
+    backends = [b for b in (args.backends or available_backends()) if b != "spconv"]  # spconv: no CPU training; see README
+    result = bench_network(data, args.case, args.resolutions or NETWORK_RESOLUTIONS, backends, modes=args.modes, dense=not args.no_dense,
+                           steps=args.steps or 2, threads=args.threads, memory_limit_gib=args.memory_limit_gib, json_path=args.json,
+                           plot_path=args.plot)
+    print(f"skull: {result['case']}; {result['threads']} threads; limit {result['memory_limit_gib']} GiB per run")
+    print(f"{'res':>4} {'grid':>13} {'mode':>9} {'network':>18} {'seconds':>8} {'peak MiB':>9}  points kept per decoder level")
+    for r in result["rows"]:
+        name = "dense" if r["model"] == "dense" else f"sparse {r['backend']}"
+        grid = "x".join(map(str, r["grid"]))
+        if "seconds" in r:
+            kept = r.get("points", {}).get("kept_per_level", [])
+            print(f"{r['resolution']:>4} {grid:>13} {r['mode']:>9} {name:>18} {r['seconds']:>8.3f} {r['peak_mib']:>9.0f}  {kept}")
+        else:
+            print(f"{r['resolution']:>4} {grid:>13} {r['mode']:>9} {name:>18}  {r['error']}")
+    for key, value in result["ratios"].items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from sparseskull.bench import bench_engine, bench_train
 
+    if args.what == "network":
+        return _bench_network(args)
     if args.what == "train":
-        result = bench_train(args.resolutions, args.backends or ["torch"], steps=args.steps, threads=args.threads, json_path=args.json)
+        result = bench_train(args.resolutions or [64, 128, 256], args.backends or ["torch"], steps=args.steps or 5, threads=args.threads, json_path=args.json)
         print(f"{'res':>4} {'grid':>16} {'backend':>10} {'input vox':>10} {'target vox':>10} {'s/step':>7} {'peak MiB':>9}")
         for r in result["rows"]:
             if "step_s" in r:
@@ -239,10 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
     p.set_defaults(func=_cmd_make_data)
 
-    p = sub.add_parser("bench", help="benchmarks (commands, not tests): `bench engine` one sparse layer, `bench train` training steps")
-    p.add_argument("what", choices=["engine", "train"], help="engine: one 3x3x3 16->16 layer on ellipsoid shells; train: ch1 training steps on a generated skull")
-    p.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256], help="train: the paper's resolutions to time (default 64 128 256)")
-    p.add_argument("--steps", type=int, default=5, help="train: timed steps after two warm-up steps (default 5)")
+    p = sub.add_parser("bench", help="benchmarks (commands, not tests): `bench engine` one sparse layer, `bench train` training steps, "
+                                     "`bench network` the whole network sparse vs dense, 64 to 512")
+    p.add_argument("what", choices=["engine", "train", "network"],
+                   help="engine: one 3x3x3 16->16 layer on ellipsoid shells; train: ch1 training steps on a generated skull; "
+                        "network: training step and inference of the whole network, sparse (each backend) and dense, on a real or generated skull")
+    p.add_argument("--resolutions", type=int, nargs="+", default=None, help="the paper's resolutions to time (train: 64 128 256; network: 64 128 256 512)")
+    p.add_argument("--steps", type=int, default=None, help="timed repeats after the warm-up (train: 5 after two; network: 2 after one)")
+    p.add_argument("--data", default=None, help="network: a SkullFix/SkullBreak folder to take the skull from (default: ../shared/data/autoimplant2020 "
+                                                "beside the repository when present, else a generated skull)")
+    p.add_argument("--case", default=None, help="network: the case id (default: the first case)")
+    p.add_argument("--modes", nargs="+", choices=["train", "inference"], default=["train", "inference"], help="network: what to time")
+    p.add_argument("--no-dense", action="store_true", help="network: skip the dense counterpart")
+    p.add_argument("--memory-limit-gib", type=float, default=None, help="network: address-space limit per measurement (default 80%% of RAM)")
+    p.add_argument("--plot", default=None, help="network: write the curves (time and memory against resolution; time against voxels) to this PNG")
     p.add_argument("--grids", type=int, nargs="+", default=[128, 256], help="cube sizes (default 128 256)")
     p.add_argument("--big", action="store_true", help="add 512^3 (about 9 GiB and minutes per backend)")
     p.add_argument("--backends", nargs="+", default=None, help="torch minkowski spconv dense (default: every installed one, and dense)")

@@ -107,9 +107,14 @@ class SparseCompletionNet(nn.Module):
             self.refine.append(_block(SparseConv3d(c[i - 1], c[i - 1], 3, bias=False), c[i - 1]))
             self.classify.append(SparseConv3d(c[i - 1], 1, 1, bias=True))
 
-    def forward(self, x, target: CoordinateSet | None = None, tau: float = 0.0, max_points: int | None = None) -> CompletionOutput:
+    def forward(self, x, target: CoordinateSet | None = None, tau: float = 0.0, max_points: int | None = None,
+                oracle: bool = False) -> CompletionOutput:
         """``x``: the defective skull (features 1, stride 1). ``target``: the complete skull's coordinates,
-        which guide pruning in training. ``max_points``: cap on the points of any decoder level."""
+        which guide pruning in training. ``max_points``: cap on the points of any decoder level.
+        ``oracle``: keep exactly the target's points at every level, the point counts of a perfect
+        network (benchmarks of an untrained network use it)."""
+        if oracle and target is None:
+            raise ValueError("oracle pruning needs the target")
         if point_count(x) == 0:
             raise ValueError("the input skull is empty: there is nothing to complete")
         for block in self.encoder:
@@ -120,7 +125,7 @@ class SparseCompletionNet(nn.Module):
             x = refine(up(x, max_points=max_points, level=f"decoder level {depth + 1} of {len(self.up)}"))
             logits = features(classify(x))[:, 0]
             truth = target_mask(x, target) if target is not None else None
-            keep = logits > tau
+            keep = truth if oracle else logits > tau
             if self.training and truth is not None and not last:
                 keep = keep | truth
             levels.append(LevelOutput(logits, truth, int(keep.sum())))
