@@ -549,6 +549,57 @@ def plot_network(result: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024.0, 1)
+    return float("nan")
+
+
+def profile_inference(pair_file: str, backend: str = "torch", threads: int = 2) -> list[dict]:
+    """Resident memory after each encoder block and decoder level of one inference (ground-truth
+    pruning), with the points, feature bytes and cached kernel-map bytes alive at that moment: where
+    the memory of an inference goes. Run in a fresh process (``python -m sparseskull.bench profile PAIR``)."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    from sparseskull.model import SparseCompletionNet
+    from sparseskull.pairs import Pair, collate
+    from sparseskull.sparse.backends import to_backend
+
+    torch.set_num_threads(threads)
+    data = np.load(pair_file)
+    x, target = collate([Pair(data["inputs"], data["target"], "bench", "bench")])
+    model = SparseCompletionNet("ch1").eval()
+    rows = [{"stage": "input ready", "rss_mib": _rss_mib(), "points": len(x)}]
+
+    def map_bytes(t) -> int:
+        cset = getattr(t, "cset", None)
+        maps = getattr(cset, "maps", {}) if cset is not None else {}
+        kmaps = [v[1] for v in maps.values() if isinstance(v, tuple)]  # (source ref, map) entries; other entries are coarser sets
+        return sum(k.nbr.numel() * k.nbr.element_size() + (k._rev.numel() * k._rev.element_size() if k._rev is not None else 0) for k in kmaps)
+
+    def hook(name):
+        def record(module, inputs, output):
+            gc.collect()
+            rows.append({"stage": name, "rss_mib": _rss_mib(), "points": int(len(output.feats)) if hasattr(output, "feats") else None,
+                         "feature_mib": round(output.feats.numel() * output.feats.element_size() / 2**20, 1) if hasattr(output, "feats") else None,
+                         "input_maps_mib": round(map_bytes(inputs[0]) / 2**20, 1), "output_maps_mib": round(map_bytes(output) / 2**20, 1)})
+        return record
+
+    for i, block in enumerate(model.encoder):
+        block.register_forward_hook(hook(f"encoder {i}"))
+    for i, refine in enumerate(model.refine):
+        refine.register_forward_hook(hook(f"decoder level {i + 1}"))
+    with torch.inference_mode():
+        out = model(to_backend(x, backend), target=target, oracle=True)
+    rows.append({"stage": "done", "rss_mib": _rss_mib(), "points": len(out.output.feats) if hasattr(out.output, "feats") else None,
+                 "input_maps_mib": round(map_bytes(x) / 2**20, 1), "peak_mib": _peak_mib()})
+    return rows
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "network":
         pair, mode, kind, backend, threads, steps, limit, weights = sys.argv[2:10]
@@ -560,6 +611,9 @@ if __name__ == "__main__":
             importlib.import_module(name)
         resource.setrlimit(resource.RLIMIT_AS, (int(float(limit) * 2**30),) * 2)
         print(json.dumps(_network_one(pair, mode, kind, backend, int(threads), int(steps), weights or None)))
+    elif sys.argv[1] == "profile":
+        for row in profile_inference(sys.argv[2], *(sys.argv[3:4] or ["torch"])):
+            print(json.dumps(row))
     elif sys.argv[1] == "train":
         print(json.dumps(_train_steps(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
     else:

@@ -27,6 +27,7 @@ from sparseskull.sparse.nn import (
     features,
     point_count,
     prune,
+    release_maps,
     target_mask,
 )
 from sparseskull.sparse.tensor import CoordinateSet
@@ -117,8 +118,10 @@ class SparseCompletionNet(nn.Module):
             raise ValueError("oracle pruning needs the target")
         if point_count(x) == 0:
             raise ValueError("the input skull is empty: there is nothing to complete")
+        inputs = x
         for block in self.encoder:
             x = block(x)
+        release_maps(inputs)  # the input level is done: its kernel maps go now, though the caller keeps the input
         levels: list[LevelOutput] = []
         for depth, (up, refine, classify) in enumerate(zip(self.up, self.refine, self.classify)):
             last = depth == len(self.up) - 1

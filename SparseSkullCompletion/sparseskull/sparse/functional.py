@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sparseskull.sparse.kernel_map import cached_map, coarsen_to, downsample_coords, expand_coords
+from sparseskull.sparse.kernel_map import cached_map, coarsen_to, downsample_coords, expand_coords, expand_pairs
 from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
 
 ROWS_PER_BLOCK = 2048  # rows per gather-GEMM block: small blocks stay in cache (measured best at 256^3)
@@ -51,14 +51,16 @@ def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tens
 
 class _SparseConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feats, weight, nbr, rev):
+    def forward(ctx, feats, weight, kmap):
         k, c_in, c_out = weight.shape
-        ctx.save_for_backward(feats, weight, nbr, rev)
-        return _gather_gemm(nbr, feats, weight.reshape(k * c_in, c_out))
+        ctx.save_for_backward(feats, weight)
+        ctx.kmap = kmap  # its reverse table is built in backward, when there is one
+        return _gather_gemm(kmap.nbr, feats, weight.reshape(k * c_in, c_out))
 
     @staticmethod
     def backward(ctx, grad_out):
-        feats, weight, nbr, rev = ctx.saved_tensors
+        feats, weight = ctx.saved_tensors
+        rev = ctx.kmap.rev
         k, c_in, c_out = weight.shape
         grad_out = grad_out.contiguous()
         need_feats, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -76,7 +78,35 @@ class _SparseConv(torch.autograd.Function):
                 grad_weight.addmm_(feats[rows].T, g)
         if need_weight:
             grad_weight = grad_weight.reshape(c_in, k, c_out).transpose(0, 1).contiguous()
-        return grad_feats, grad_weight, None, None
+        return grad_feats, grad_weight, None
+
+
+class _Expand2(torch.autograd.Function):
+    """The kernel-2, stride-2 generative transposed convolution. Each input point makes eight outputs, one
+    per offset, and each output reads that one input, so ``out[rows[:, k]] = feats @ W[k]``: eight plain
+    GEMMs, with no neighbour gather and none of the seven absent rows per output a kernel map would carry."""
+
+    @staticmethod
+    def forward(ctx, feats, weight, rows):
+        ctx.save_for_backward(feats, weight, rows)
+        out = feats.new_empty(rows.numel(), weight.shape[2])
+        for k in range(weight.shape[0]):
+            out.index_copy_(0, rows[:, k], feats @ weight[k])  # rows are disjoint across k
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        feats, weight, rows = ctx.saved_tensors
+        need_feats, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_feats = torch.zeros_like(feats) if need_feats else None
+        grad_weight = torch.empty_like(weight) if need_weight else None
+        for k in range(weight.shape[0]):
+            g = grad_out.index_select(0, rows[:, k])
+            if need_feats:
+                grad_feats.addmm_(g, weight[k].T)
+            if need_weight:
+                torch.mm(feats.T, g, out=grad_weight[k])
+        return grad_feats, grad_weight, None
 
 
 def _check_weight(x: SparseTensor, weight: torch.Tensor, kernel_size: int) -> None:
@@ -99,9 +129,9 @@ def _apply(x: SparseTensor, weight, bias, kmap, out_set: CoordinateSet) -> Spars
     low = _autocast_dtype(x.feats.device.type)
     if low is not None:  # mixed precision: the gather-GEMM runs in the autocast dtype, as conv3d would
         with torch.autocast(x.feats.device.type, enabled=False):
-            feats = _SparseConv.apply(x.feats.to(low), weight.to(low), kmap.nbr, kmap.rev)
+            feats = _SparseConv.apply(x.feats.to(low), weight.to(low), kmap)
     else:
-        feats = _SparseConv.apply(x.feats, weight, kmap.nbr, kmap.rev)
+        feats = _SparseConv.apply(x.feats, weight, kmap)
     if bias is not None:
         feats = feats + bias
     return SparseTensor(feats, out_set)
@@ -135,6 +165,16 @@ def generative_conv_transpose(
     _check_weight(x, weight, kernel_size)
     if stride != 2:
         raise ValueError(f"generative transposed convolution supports stride 2, got {stride}")
+    if kernel_size == 2:
+        check_point_cap(8 * len(x), len(x), max_points, level)
+        out_set, rows = expand_pairs(x.cset)
+        low = _autocast_dtype(x.feats.device.type)
+        if low is not None:
+            with torch.autocast(x.feats.device.type, enabled=False):
+                feats = _Expand2.apply(x.feats.to(low), weight.to(low), rows)
+        else:
+            feats = _Expand2.apply(x.feats, weight, rows)
+        return SparseTensor(feats if bias is None else feats + bias, out_set)
     out_set = expand_coords(x.cset, kernel_size, 2)
     check_point_cap(len(out_set), len(x), max_points, level)
     kmap = cached_map(x.cset, out_set, kernel_size, out_set.stride, -1)

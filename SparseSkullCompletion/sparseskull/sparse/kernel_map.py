@@ -13,11 +13,10 @@ Offsets follow MinkowskiEngine: odd kernels are centred (-(k//2) .. k//2), even 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 
 import torch
 
-from sparseskull.sparse.tensor import CoordinateSet, pack
+from sparseskull.sparse.tensor import CoordinateSet, floor_keys, key_deltas, pack, unpack
 
 
 def kernel_offsets(kernel_size: int, device=None) -> torch.Tensor:
@@ -37,17 +36,37 @@ def minkowski_order(kernel_size: int) -> torch.Tensor:
     return (x * k + y) * k + z
 
 
-@dataclass(frozen=True, eq=False)
 class KernelMap:
-    nbr: torch.Tensor  # (N_out, K) int32 (int64 for huge sets), N_in where absent
-    rev: torch.Tensor  # (N_in, K), N_out where absent
-    n_in: int
-    n_out: int
+    """``nbr`` (N_out, K): the input row each output reads per offset (N_in where absent). ``rev``
+    (N_in, K), the output each input feeds (N_out where absent), serves only the backward pass, so it is
+    built on first use: inference never pays its time or its memory (half of the map)."""
+
+    def __init__(self, nbr: torch.Tensor, n_in: int, n_out: int):
+        self.nbr, self.n_in, self.n_out = nbr, n_in, n_out
+        self._rev: torch.Tensor | None = None
+
+    @property
+    def rev(self) -> torch.Tensor:
+        if self._rev is None:
+            self._rev = _reverse(self.nbr, self.n_in, self.n_out)
+        return self._rev
 
     @property
     def pairs(self) -> int:
         return int((self.nbr < self.n_in).sum())
 
+
+def _reverse(nbr: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    k = nbr.shape[1]
+    rev = torch.full((n_in + 1, k), n_out, dtype=nbr.dtype, device=nbr.device)
+    cols = torch.arange(k, device=nbr.device).expand(n_out, k)
+    rows = torch.arange(n_out, dtype=nbr.dtype, device=nbr.device)[:, None].expand(n_out, k)
+    rev[nbr.to(torch.int64), cols] = rows  # nbr is injective per column; the pad row n_in absorbs the misses
+    return rev[:n_in].contiguous()
+
+
+LOOKUP_ROWS = 1 << 18
+"""Output rows per block of neighbour lookups."""
 
 DENSE_CELLS_PER_POINT = 64
 DENSE_MIN_CELLS = 1 << 22
@@ -70,7 +89,8 @@ def _neighbours(source: CoordinateSet, target: CoordinateSet, offsets: torch.Ten
     if n_in == 0 or n_out == 0:
         return torch.full((n_out, k), n_in, dtype=torch.int64, device=dev)
     s = source.stride
-    src, out = source.coords.to(torch.int64), target.coords.to(torch.int64)
+    src = unpack(source.keys, torch.int64)
+    out = src if target is source else unpack(target.keys, torch.int64)
     reach = int(offsets.abs().max())
     # the table spans the source grid over every point a query can reach
     lo_src = src[:, 1:].min(dim=0).values
@@ -92,30 +112,35 @@ def _neighbours(source: CoordinateSet, target: CoordinateSet, offsets: torch.Ten
     rel = out[:, 1:] - lo
     base = out[:, 0] * volume
     aligned = bool((offsets % s == 0).all()) and bool((rel % s == 0).all())
-    if aligned:  # every query lands on the source grid: one gather for all offsets
+    if aligned:  # every query lands on the source grid: one gather per block of rows for all offsets
         flat = base + _dot(torch.div(rel, s, rounding_mode="floor"), strides)
         deltas = _dot(torch.div(offsets, s, rounding_mode="floor"), strides)
-        nbr = table[flat[:, None] + deltas[None, :]].to(torch.int64)
+        if cells < 2**31 - 1:  # int32 index arithmetic: half the memory traffic of the (rows, K) sums
+            flat, deltas = flat.to(torch.int32), deltas.to(torch.int32)
+        nbr = torch.empty((n_out, k), dtype=table.dtype, device=dev)
+        for start in range(0, n_out, LOOKUP_ROWS):  # blocks bound the (rows, K) int64 index temporaries
+            rows = slice(start, min(n_out, start + LOOKUP_ROWS))
+            torch.index_select(table, 0, (flat[rows, None] + deltas[None, :]).reshape(-1), out=nbr[rows].view(-1))
     else:  # generative maps: queries off the source grid have no neighbour
-        q = rel[:, None, :] + offsets[None]  # (N_out, K, 3)
-        on_grid = (q % s == 0).all(dim=2)
-        q = torch.div(q, s, rounding_mode="floor")
-        flat = base[:, None] + q[..., 0] * strides[0] + q[..., 1] * strides[1] + q[..., 2]
-        nbr = torch.where(on_grid, table[flat].to(torch.int64), torch.full_like(flat, n_in))
+        nbr = torch.empty((n_out, k), dtype=table.dtype, device=dev)
+        absent = torch.tensor(n_in, dtype=table.dtype, device=dev)
+        for start in range(0, n_out, LOOKUP_ROWS):
+            rows = slice(start, min(n_out, start + LOOKUP_ROWS))
+            q = rel[rows, None, :] + offsets[None]  # (rows, K, 3)
+            on_grid = (q % s == 0).all(dim=2)
+            q = torch.div(q, s, rounding_mode="floor")
+            flat = base[rows, None] + q[..., 0] * strides[0] + q[..., 1] * strides[1] + q[..., 2]
+            nbr[rows] = torch.where(on_grid, table[flat], absent)
     return nbr
 
 
 def _build(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step: int, sign: int) -> KernelMap:
     """Map where output n reads input at target[n] + sign * offset * step."""
     offsets = kernel_offsets(kernel_size, source.device) * (sign * step)
-    n_in, n_out, k = len(source), len(target), len(offsets)
+    n_in, n_out = len(source), len(target)
     nbr = _neighbours(source, target, offsets)
     index = torch.int32 if max(n_in, n_out) < 2**31 - 1 else torch.int64  # halves the maps' memory
-    rev = torch.full((n_in + 1, k), n_out, dtype=index, device=source.device)
-    cols = torch.arange(k, device=source.device).expand(n_out, k)
-    rows = torch.arange(n_out, dtype=index, device=source.device)[:, None].expand(n_out, k)
-    rev[nbr, cols] = rows  # nbr is injective per column; the pad row n_in absorbs the misses
-    return KernelMap(nbr.to(index), rev[:n_in].contiguous(), n_in, n_out)
+    return KernelMap(nbr.to(index), n_in, n_out)
 
 
 def cached_map(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step: int, sign: int) -> KernelMap:
@@ -133,6 +158,8 @@ def cached_map(source: CoordinateSet, target: CoordinateSet, kernel_size: int, s
 def downsample_coords(cset: CoordinateSet, factor: int = 2) -> CoordinateSet:
     """The coordinate set at stride * factor covering ``cset`` (each point floored to the coarser grid)."""
     s = cset.stride * factor
+    if s & (s - 1) == 0:  # powers of two (the network's strides): on the packed keys, no unpacking
+        return CoordinateSet(torch.unique(floor_keys(cset.keys, s), sorted=True), s)
     c = cset.coords.to(torch.int64)
     c[:, 1:] = torch.div(c[:, 1:], s, rounding_mode="floor") * s
     return CoordinateSet(torch.unique(pack(c), sorted=True), s)
@@ -143,8 +170,11 @@ def coarsen_to(cset: CoordinateSet, stride: int) -> CoordinateSet:
     if stride < cset.stride:
         raise ValueError(f"the set (stride {cset.stride}) is coarser than stride {stride}")
     level = cset
-    while level.stride < stride:
-        level = downsample_coords(level, 2)
+    while level.stride < stride:  # each coarser copy is kept on the set it came from: a target serves every level
+        cached = level.maps.get(("coarser", 2))
+        if cached is None:
+            cached = level.maps[("coarser", 2)] = downsample_coords(level, 2)
+        level = cached
     if level.stride != stride:
         raise ValueError(f"strides {cset.stride} and {stride} are not powers of two apart")
     return level
@@ -155,11 +185,23 @@ def expand_coords(cset: CoordinateSet, kernel_size: int, factor: int = 2) -> Coo
     if cset.stride % factor:
         raise ValueError(f"a stride-{cset.stride} tensor cannot be upsampled by {factor}")
     t = cset.stride // factor
-    offsets = kernel_offsets(kernel_size, cset.device) * t
-    c = cset.coords.to(torch.int64)
-    grown = c[:, None, :].expand(len(c), len(offsets), 4).clone()
-    grown[:, :, 1:] += offsets[None]
-    return CoordinateSet(torch.unique(pack(grown.reshape(-1, 4)), sorted=True), t)
+    deltas = key_deltas(kernel_offsets(kernel_size, cset.device) * t)  # the offsets added on the packed keys
+    return CoordinateSet(torch.unique((cset.keys[:, None] + deltas[None, :]).reshape(-1), sorted=True), t)
 
 
-__all__ = ["KernelMap", "cached_map", "coarsen_to", "downsample_coords", "expand_coords", "kernel_offsets", "minkowski_order"]
+def expand_pairs(cset: CoordinateSet) -> tuple[CoordinateSet, torch.Tensor]:
+    """The kernel-2 expansion of a stride-s set to stride s/2, and ``rows`` (N, 8): the output row of each
+    (input point, offset). The expansion is one-to-one (an output's coordinate floored to s is its input),
+    so sorting the candidates is the whole job: no deduplication, no lookups."""
+    if cset.stride % 2:
+        raise ValueError(f"a stride-{cset.stride} tensor cannot be upsampled by 2")
+    t = cset.stride // 2
+    deltas = key_deltas(kernel_offsets(2, cset.device) * t)
+    candidates = (cset.keys[:, None] + deltas[None, :]).reshape(-1)
+    order = torch.argsort(candidates)
+    rows = torch.empty_like(order)
+    rows[order] = torch.arange(len(order), device=order.device)
+    return CoordinateSet(candidates[order], t), rows.view(len(cset), 8)
+
+
+__all__ = ["KernelMap", "cached_map", "coarsen_to", "downsample_coords", "expand_coords", "expand_pairs", "kernel_offsets", "minkowski_order"]

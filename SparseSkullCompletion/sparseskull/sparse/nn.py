@@ -94,3 +94,11 @@ def features(x) -> torch.Tensor:
 
 def point_count(x) -> int:
     return ops_for(x).point_count(x)
+
+
+def release_maps(x) -> None:
+    """Drop the kernel maps cached on ``x``'s coordinates (torch engine; MinkowskiEngine and spconv keep
+    their own). A backward pass still has the maps it saved."""
+    cset = getattr(x, "cset", None)
+    if cset is not None:
+        cset.maps.clear()

@@ -37,13 +37,29 @@ def pack(coords: torch.Tensor) -> torch.Tensor:
     return (((c[:, 0] << AXIS_BITS | shifted[:, 0]) << AXIS_BITS | shifted[:, 1]) << AXIS_BITS) | shifted[:, 2]
 
 
-def unpack(keys: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pack`: (N,) int64 keys -> (N, 4) int32 coordinates."""
+def unpack(keys: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Inverse of :func:`pack`: (N,) int64 keys -> (N, 4) coordinates (int32, or ``dtype``)."""
     z = (keys & _AXIS_MASK) - _HALF
     y = ((keys >> AXIS_BITS) & _AXIS_MASK) - _HALF
     x = ((keys >> (2 * AXIS_BITS)) & _AXIS_MASK) - _HALF
     b = keys >> (3 * AXIS_BITS)
-    return torch.stack([b, x, y, z], dim=1).to(torch.int32)
+    return torch.stack([b, x, y, z], dim=1).to(dtype)
+
+
+def key_deltas(offsets: torch.Tensor) -> torch.Tensor:
+    """(K, 3) spatial offsets -> (K,) int64 amounts that move a packed key by each offset (valid while
+    every axis stays in range, which the +-2**17 bounds leave room for on any CT grid)."""
+    o = offsets.to(torch.int64)
+    return o[:, 0] * (1 << 2 * AXIS_BITS) + o[:, 1] * (1 << AXIS_BITS) + o[:, 2]
+
+
+def floor_keys(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """Keys of the coordinates floored to multiples of ``step`` (a power of two), computed on the keys:
+    the axes are stored offset by 2**17, a multiple of ``step``, so flooring clears their low bits."""
+    if step & (step - 1) or not 0 < step <= _HALF:
+        raise ValueError(f"step must be a power of two up to {_HALF}; got {step}")
+    low = step - 1
+    return keys & ~((low << 2 * AXIS_BITS) | (low << AXIS_BITS) | low)
 
 
 @dataclass(frozen=True, eq=False)
