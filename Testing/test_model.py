@@ -125,3 +125,36 @@ def test_inputs_smaller_than_the_total_stride_run():
     with torch.no_grad():
         out = model(x, tau=-1e9)
     assert out.output.stride == 1 and len(out.output) > 0
+
+
+def test_inference_is_memory_lean(small_case, monkeypatch):
+    """Inference builds no reverse kernel maps (only a backward needs them) and leaves no kernel map cached on
+    the input, which the caller keeps; a training step builds the reverse maps it needs."""
+    from sparseskull.sparse import kernel_map
+
+    calls = []
+    real = kernel_map._reverse
+    monkeypatch.setattr(kernel_map, "_reverse", lambda *a: calls.append(1) or real(*a))
+    x, target = small_case
+    model = SparseCompletionNet("ch1").eval()
+    with torch.inference_mode():
+        model(x)
+    assert calls == [] and x.cset.maps == {}
+    model.train()
+    out = model(x, target=target)
+    sum(level.logits.sum() for level in out.levels).backward()
+    assert len(calls) > 0
+
+
+def test_oracle_pruning_keeps_exactly_the_targets_points(small_case):
+    """The benchmark's stand-in for a trained network: at every level, the kept points are the target's."""
+    from sparseskull.sparse.kernel_map import coarsen_to
+
+    x, target = small_case
+    with torch.inference_mode():
+        out = SparseCompletionNet("ch1").eval()(x, target=target, oracle=True)
+    strides = [32, 16, 8, 4, 2, 1]
+    assert [level.kept for level in out.levels] == [len(coarsen_to(target, s)) for s in strides]
+    assert torch.equal(out.output.cset.keys, target.keys)
+    with pytest.raises(ValueError, match="oracle"):
+        SparseCompletionNet("ch1")(x, oracle=True)

@@ -503,37 +503,47 @@ def _network_ratios(rows: list[dict]) -> dict:
 
 def plot_network(result: dict, path: str | os.PathLike) -> Path:
     """The paper's Table 4 / Fig. 5 as curves (time and memory against resolution, sparse vs dense), and
-    inference time against the number of skull voxels."""
+    inference time against the number of skull voxels, with a line proportional to the voxels from 256 up."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in result["rows"] if "seconds" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    series = sorted({(r["mode"], r["model"], r["backend"]) for r in rows})
-    for mode, kind, backend in series:
+    colours = {"torch": "tab:green", "minkowski": "tab:blue", "torch-dense": "tab:red"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for mode, kind, backend in sorted({(r["mode"], r["model"], r["backend"]) for r in rows}):
         pts = sorted((r["resolution"], r["seconds"], r["peak_mib"]) for r in rows if (r["mode"], r["model"], r["backend"]) == (mode, kind, backend))
         label = f"{'dense' if kind == 'dense' else 'sparse ' + backend}, {mode}"
-        style = dict(marker="o" if mode == "train" else "s", linestyle="-" if kind == "sparse" else "--")
+        style = dict(color=colours.get(backend, "tab:grey"), marker="o" if mode == "train" else "s", linestyle="-" if mode == "train" else "--")
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
         axes[1].plot([p[0] for p in pts], [p[2] / 1024 for p in pts], label=label, **style)
-    for ax, title, unit in ((axes[0], "time per step / inference", "seconds"), (axes[1], "peak memory (process RSS)", "GiB")):
+    missing = [r for r in result["rows"] if "seconds" not in r]
+    for r in missing:  # e.g. the dense training step at 512: marked where it would be
+        axes[1].annotate(f"{'dense' if r['model'] == 'dense' else r['backend']} {r['mode']}: {r.get('error', 'failed')}", (r["resolution"], result["memory_limit_gib"]),
+                         fontsize=7, ha="right", color=colours.get(r["backend"], "k"))
+        axes[1].plot([r["resolution"]], [result["memory_limit_gib"]], marker="x", color=colours.get(r["backend"], "k"))
+    for ax, title, unit in ((axes[0], "time per training step / inference", "seconds"), (axes[1], "peak memory (process RSS)", "GiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks([64, 128, 256, 512], ["64", "128", "256", "512"])
-        ax.set_xlabel("in-plane resolution (N of N^2 x Z)")
+        ax.set_xlabel("resolution N (grid N x N x Z)")
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     ax = axes[2]
     for backend in sorted({r["backend"] for r in rows if r["model"] == "sparse"}):
-        pts = sorted((r["skull_voxels"], r["seconds"]) for r in rows if r["model"] == "sparse" and r["backend"] == backend and r["mode"] == "inference")
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", label=f"sparse {backend}, inference")
-            v0, t0 = pts[0]
-            ax.plot([v0, pts[-1][0]], [t0, t0 * pts[-1][0] / v0], color="grey", linestyle=":", label="proportional to voxels" if backend == "torch" else None)
+        pts = sorted((r["skull_voxels"], r["seconds"], r["resolution"]) for r in rows
+                     if r["model"] == "sparse" and r["backend"] == backend and r["mode"] == "inference")
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", color=colours.get(backend, "tab:grey"), label=f"sparse {backend}, inference")
+        ref = [p for p in pts if p[2] >= 256]
+        if len(ref) >= 2:
+            (v0, t0, _), v1 = ref[0], ref[-1][0]
+            ax.plot([v0, v1], [t0, t0 * v1 / v0], color=colours.get(backend, "tab:grey"), linestyle=":", alpha=0.7,
+                    label=f"proportional to voxels from 256 ({backend})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("skull voxels")
@@ -541,7 +551,7 @@ def plot_network(result: dict, path: str | os.PathLike) -> Path:
     ax.set_title("inference time against skull size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(f"Sparse vs dense network (ch1, batch 1, {result['threads']} threads): {result['case']}")
+    fig.suptitle(f"Sparse vs dense network (ch1, batch 1, {result['threads']} CPU threads), skull {result['case']}")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -106,14 +106,16 @@ def _neighbours(source: CoordinateSet, target: CoordinateSet, offsets: torch.Ten
     strides = torch.tensor([int(dims[1] * dims[2]), int(dims[2]), 1], device=dev)
     table = torch.full((cells,), n_in, dtype=torch.int32 if n_in < 2**31 - 1 else torch.int64, device=dev)
     volume = int(dims.prod())
-    table[src[:, 0] * volume + _dot(torch.div(src[:, 1:] - lo, s, rounding_mode="floor"), strides)] = torch.arange(
-        n_in, dtype=table.dtype, device=dev
-    )
-    rel = out[:, 1:] - lo
-    base = out[:, 0] * volume
-    aligned = bool((offsets % s == 0).all()) and bool((rel % s == 0).all())
+    src_flat = src[:, 0] * volume + _dot(torch.div(src[:, 1:] - lo, s, rounding_mode="floor"), strides)
+    table[src_flat] = torch.arange(n_in, dtype=table.dtype, device=dev)
+    if out is src and bool((offsets % s == 0).all()):  # a stride-1 layer: the queries are the source's own cells
+        rel, base, aligned = None, None, True
+    else:
+        rel = out[:, 1:] - lo
+        base = out[:, 0] * volume
+        aligned = bool((offsets % s == 0).all()) and bool((rel % s == 0).all())
     if aligned:  # every query lands on the source grid: one gather per block of rows for all offsets
-        flat = base + _dot(torch.div(rel, s, rounding_mode="floor"), strides)
+        flat = src_flat if rel is None else base + _dot(torch.div(rel, s, rounding_mode="floor"), strides)
         deltas = _dot(torch.div(offsets, s, rounding_mode="floor"), strides)
         if cells < 2**31 - 1:  # int32 index arithmetic: half the memory traffic of the (rows, K) sums
             flat, deltas = flat.to(torch.int32), deltas.to(torch.int32)
