@@ -507,7 +507,9 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         ijkToLps = RAS_FROM_LPS @ ijkToRas
         spacing = np.linalg.norm(ijkToLps[:3, :3], axis=0)
         array = slicer.util.arrayFromVolume(node)  # [k, j, i]
-        return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), tuple(spacing), tuple(ijkToLps[:3, 3]), ijkToLps[:3, :3] / spacing)
+        # a transposed view, not a copy: a contiguous [i, j, k] copy of a 512^2 CT takes seconds, and the
+        # core (thresholds, NRRD writing) takes views
+        return Volume(array.transpose(2, 1, 0), tuple(spacing), tuple(ijkToLps[:3, 3]), ijkToLps[:3, :3] / spacing)
 
     @staticmethod
     def _ijkToRasMatrix(volume):
@@ -591,6 +593,7 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
     def updateBonePreview(self, ctNode, thresholdHu, segmentationNode=None):
         """Show the voxels at or above ``thresholdHu`` as the "Bone preview" segment (made on first use)."""
         scene = ctNode.GetScene()
+        self.segmentationsLogic(scene)  # before any node: it registers the conversion rules
         if segmentationNode is None or segmentationNode.GetScene() is None:
             segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{ctNode.GetName()} bone preview")
             segmentationNode.CreateDefaultDisplayNodes()
@@ -650,12 +653,14 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
             report = json.load(f)
         scene = inputNode.GetScene()
         name = inputNode.GetName()
+        self.segmentationsLogic(scene)  # before the node: it registers the conversion rules (3D surfaces)
         segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} skull completion")
         segmentationNode.CreateDefaultDisplayNodes()
         if inputNode.IsA("vtkMRMLScalarVolumeNode"):
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputNode)
         for stem, segmentName, color in self.SEGMENTS:
-            self.setSegment(segmentationNode, segmentName, read_mask(os.path.join(outDir, f"{stem}.nrrd")), color)
+            mask = read_mask(os.path.join(outDir, f"{stem}.nrrd"), contiguous=False)  # a view: no [i, j, k] copy
+            self.setSegment(segmentationNode, segmentName, mask, color)
         segmentation = segmentationNode.GetSegmentation()
         segmentationNode.GetDisplayNode().SetSegmentOpacity3D(segmentation.GetSegmentIdBySegmentName("Completed skull"), 0.25)
         if show3D:

@@ -52,8 +52,9 @@ def _read_dicom_series(folder: Path):
     return reader.Execute()
 
 
-def image_to_volume(image, source: str = "image") -> Volume:
-    """A SimpleITK image to a checked Volume (array indexed [i, j, k])."""
+def image_to_volume(image, source: str = "image", contiguous: bool = True) -> Volume:
+    """A SimpleITK image to a checked Volume (array indexed [i, j, k]; with ``contiguous=False`` a transposed
+    view of ITK's [k, j, i] buffer, which saves a slow copy when the array goes back to [k, j, i] anyway)."""
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         sitk = _sitk()
@@ -74,13 +75,14 @@ def image_to_volume(image, source: str = "image") -> Volume:
     array = _sitk().GetArrayFromImage(image).transpose(2, 1, 0)
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     try:
-        return Volume(np.ascontiguousarray(array), spacing, image.GetOrigin(), direction)
+        return Volume(np.ascontiguousarray(array) if contiguous else array, spacing, image.GetOrigin(), direction)
     except ValueError as exc:
         raise VolumeReadError(f"{source}: {exc}") from exc
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D image file (NRRD, NIfTI, MHA/MHD, ...) or a DICOM series folder."""
+def read_volume(path: str | os.PathLike, contiguous: bool = True) -> Volume:
+    """Read a 3D image file (NRRD, NIfTI, MHA/MHD, ...) or a DICOM series folder (``contiguous``: see
+    :func:`image_to_volume`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -98,7 +100,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise
     except RuntimeError as exc:
         raise VolumeReadError(f"{path}: not a readable 3D image ({_itk_reason(str(exc))})") from None
-    return image_to_volume(image, str(path))
+    return image_to_volume(image, str(path), contiguous)
 
 
 def _itk_reason(message: str) -> str:
@@ -172,9 +174,9 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,
     return atomic_write(path, write, suffix)
 
 
-def read_mask(path: str | os.PathLike) -> Volume:
+def read_mask(path: str | os.PathLike, contiguous: bool = True) -> Volume:
     """Read a binary mask (any non-zero voxel is foreground) as a bool Volume."""
-    volume = read_volume(path)
+    volume = read_volume(path, contiguous)
     return volume.with_array(volume.array != 0)
 
 
