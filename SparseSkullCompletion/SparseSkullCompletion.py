@@ -342,7 +342,9 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
 
 class CompletionJob:
-    """A "Complete skull" run: the core's child process, its work folder and the input node."""
+    """A "Complete skull" run: the core's child process (a ``CompletionProcess``, whose ``poll``, ``running``,
+    ``stage``, ``fraction``, ``returncode``, ``log``, ``error`` and ``wait`` it answers for), its work folder
+    and the input node."""
 
     def __init__(self, process, workDir, inputNode):
         self.process = process
@@ -350,39 +352,14 @@ class CompletionJob:
         self.inputNode = inputNode
         self.cancelled = False
 
-    def poll(self):
-        return self.process.poll()
-
-    def running(self):
-        return self.process.running()
-
-    @property
-    def stage(self):
-        return self.process.stage
-
-    @property
-    def fraction(self):
-        return self.process.fraction
-
-    @property
-    def returncode(self):
-        return self.process.returncode
-
-    @property
-    def log(self):
-        return self.process.log
-
-    def error(self):
-        return self.process.error()
+    def __getattr__(self, name):  # only called for what this class lacks: the process's progress and state
+        return getattr(self.process, name)
 
     def cancel(self):
         """End the run and its children; nothing it wrote is kept."""
         self.cancelled = True
         self.process.cancel()
         shutil.rmtree(self.workDir, ignore_errors=True)
-
-    def wait(self, timeout=None):
-        return self.process.wait(timeout)
 
 
 class CompletionResults:
@@ -496,14 +473,14 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("The input volume is empty."))
         m = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(m)
-        ijkToRas = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+        ijkToRas = slicer.util.arrayFromVTKMatrix(m)
         parent = node.GetParentTransformNode()
         if parent is not None:
             if not parent.IsTransformToWorldLinear():
                 raise ValueError(_("The input is under a non-linear transform: harden it first (Data module)."))
             toWorld = vtk.vtkMatrix4x4()
             parent.GetMatrixTransformToWorld(toWorld)
-            ijkToRas = np.array([[toWorld.GetElement(r, c) for c in range(4)] for r in range(4)]) @ ijkToRas
+            ijkToRas = slicer.util.arrayFromVTKMatrix(toWorld) @ ijkToRas
         ijkToLps = RAS_FROM_LPS @ ijkToRas
         spacing = np.linalg.norm(ijkToLps[:3, :3], axis=0)
         array = slicer.util.arrayFromVolume(node)  # [k, j, i]
@@ -511,18 +488,9 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         # core (thresholds, NRRD writing) takes views
         return Volume(array.transpose(2, 1, 0), tuple(spacing), tuple(ijkToLps[:3, 3]), ijkToLps[:3, :3] / spacing)
 
-    @staticmethod
-    def _ijkToRasMatrix(volume):
-        ijkToRas = RAS_FROM_LPS @ volume.ijk_to_lps
-        m = vtk.vtkMatrix4x4()
-        for r in range(4):
-            for c in range(4):
-                m.SetElement(r, c, float(ijkToRas[r, c]))
-        return m
-
     def addLabelmapNode(self, scene, volume, name):
         node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
-        node.SetIJKToRASMatrix(self._ijkToRasMatrix(volume))
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(RAS_FROM_LPS @ volume.ijk_to_lps))
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(np.asarray(volume.array, dtype=np.uint8).transpose(2, 1, 0)))
         return node
 

@@ -36,25 +36,36 @@ def shell_coords(grid: int):
     return torch.cat([torch.zeros(len(idx), 1, dtype=idx.dtype), idx], dim=1), shell
 
 
-def _timed(fn, repeats: int = 3) -> float:
-    times = []
+def _repeat(fn, repeats: int):
+    """Seconds of each of ``repeats`` calls of ``fn``, and what the last call returned."""
+    times, last = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        last = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times, last
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    return statistics.median(_repeat(fn, repeats)[0])
+
+
+def _status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _peak_mib() -> float:
     """This process's peak resident memory. VmHWM starts afresh at exec; ru_maxrss (the fallback off
     Linux) carries the parent's high-water mark into a child, which would hide the child's own peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def _run_one(grid: int, backend: str, threads: int) -> dict:
@@ -299,7 +310,7 @@ def _network_one(pair_file: str, mode: str, kind: str, backend: str, threads: in
     torch.manual_seed(0)
     data = np.load(pair_file)
     row = {"mode": mode, "model": kind, "backend": backend if kind == "sparse" else "torch-dense", "threads": threads}
-    times = []
+    runs = steps + 1  # one warm-up, then the timed repeats
     if kind == "dense":
         from sparseskull.dense_model import DenseCompletionNet, dice_loss
         from sparseskull.model import TOTAL_STRIDE
@@ -316,20 +327,18 @@ def _network_one(pair_file: str, mode: str, kind: str, backend: str, threads: in
                         m.eval()
                 row["note"] = "batch norms on running statistics (1-voxel bottleneck)"
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            for i in range(steps + 1):
-                t0 = time.perf_counter()
+
+            def step():
                 loss = dice_loss(model(x)[-1], target)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                times.append(time.perf_counter() - t0)
+
+            times, _ = _repeat(step, runs)
         else:
             model.eval()
             with torch.inference_mode():
-                for i in range(steps + 1):
-                    t0 = time.perf_counter()
-                    model(x)
-                    times.append(time.perf_counter() - t0)
+                times, _ = _repeat(lambda: model(x), runs)
     else:
         from sparseskull.model import SparseCompletionNet, completion_loss
         from sparseskull.pairs import Pair, collate
@@ -339,48 +348,40 @@ def _network_one(pair_file: str, mode: str, kind: str, backend: str, threads: in
         if weights:
             from sparseskull.weights import load_model
 
-            model, _ = load_model(weights)
+            model, info = load_model(weights)
+            tau = float(info.tau)
         else:
-            model = SparseCompletionNet("ch1")
+            model, tau = SparseCompletionNet("ch1"), 0.0
         # without a trained model, pruning keeps exactly the ground truth's points: a trained network's counts
         row["pruning"] = "trained network" if weights else "ground truth (untrained weights)"
-        levels = None
+
+        def points(out):  # (generated, kept) per decoder level; the output itself is dropped at once
+            return [(len(lvl.logits), lvl.kept) for lvl in out.levels]
+
         if mode == "train":
             model.train()
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            for i in range(steps + 1):
-                t0 = time.perf_counter()
+
+            def step():
                 out = model(to_backend(x, backend), target=target, oracle=not weights)
                 loss = completion_loss(out)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                times.append(time.perf_counter() - t0)
-                levels = [(len(lvl.logits), lvl.kept) for lvl in out.levels]
-                del out, loss
+                return points(out)
+
+            times, levels = _repeat(step, runs)
         else:
             model.eval()
             with torch.inference_mode():
-                for i in range(steps + 1):
-                    t0 = time.perf_counter()
-                    out = model(to_backend(x, backend), target=None if weights else target, tau=model_tau(weights), oracle=not weights)
-                    times.append(time.perf_counter() - t0)
-                    levels = [(len(lvl.logits), lvl.kept) for lvl in out.levels]
-                    del out
+                times, levels = _repeat(lambda: points(model(to_backend(x, backend), target=None if weights else target, tau=tau,
+                                                             oracle=not weights)), runs)
         row["points"] = {"input": int(len(x)), "target": int(len(target)),
                          "generated_per_level": [g for g, _ in levels], "kept_per_level": [k for _, k in levels]}
     row["seconds"] = round(statistics.median(times[1:]) if len(times) > 1 else times[0], 3)
     row["first_s"] = round(times[0], 3)
     row["peak_mib"] = _peak_mib()
     return row
-
-
-def model_tau(weights: str | None) -> float:
-    if not weights:
-        return 0.0
-    from sparseskull.weights import read_info
-
-    return float(read_info(weights).tau)
 
 
 def _skull_pair(case, resolution: int, seed: int):
@@ -417,8 +418,7 @@ def _memory_limit_gib() -> float:
 
 def bench_network(data: str | None = None, case_id: str | None = None, resolutions=NETWORK_RESOLUTIONS, backends=("torch",),
                   modes=("train", "inference"), dense: bool = True, steps: int = 2, threads: int = 2, seed: int = 5,
-                  memory_limit_gib: float | None = None, json_path: str | None = None, plot_path: str | None = None,
-                  dense_max_resolution: int = 512) -> dict:
+                  memory_limit_gib: float | None = None, json_path: str | None = None, plot_path: str | None = None) -> dict:
     """The whole network (ch1, batch 1) at each resolution: training step and inference, time and peak
     memory, sparse on each backend and dense where it fits, on one real skull (or a generated one).
 
@@ -455,7 +455,7 @@ def bench_network(data: str | None = None, case_id: str | None = None, resolutio
             base = {"resolution": res, "grid": list(complete.shape), "skull_voxels": int(np.count_nonzero(complete.array)),
                     "input_voxels": int(len(inputs))}
             runs = [(mode, "sparse", b) for mode in modes for b in backends]
-            if dense and res <= dense_max_resolution:
+            if dense:
                 runs += [(mode, "dense", "torch") for mode in modes]
             for mode, kind, backend in runs:
                 weights = shipped.get(res) if (mode == "inference" and kind == "sparse") else None
@@ -559,13 +559,6 @@ def plot_network(result: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024.0, 1)
-    return float("nan")
-
-
 def profile_inference(pair_file: str, backend: str = "torch", threads: int = 2) -> list[dict]:
     """Resident memory after each encoder block and decoder level of one inference (ground-truth
     pruning), with the points, feature bytes and cached kernel-map bytes alive at that moment: where
@@ -583,7 +576,7 @@ def profile_inference(pair_file: str, backend: str = "torch", threads: int = 2) 
     data = np.load(pair_file)
     x, target = collate([Pair(data["inputs"], data["target"], "bench", "bench")])
     model = SparseCompletionNet("ch1").eval()
-    rows = [{"stage": "input ready", "rss_mib": _rss_mib(), "points": len(x)}]
+    rows = [{"stage": "input ready", "rss_mib": _status_mib("VmRSS"), "points": len(x)}]
 
     def map_bytes(t) -> int:
         cset = getattr(t, "cset", None)
@@ -594,7 +587,7 @@ def profile_inference(pair_file: str, backend: str = "torch", threads: int = 2) 
     def hook(name):
         def record(module, inputs, output):
             gc.collect()
-            rows.append({"stage": name, "rss_mib": _rss_mib(), "points": int(len(output.feats)) if hasattr(output, "feats") else None,
+            rows.append({"stage": name, "rss_mib": _status_mib("VmRSS"), "points": int(len(output.feats)) if hasattr(output, "feats") else None,
                          "feature_mib": round(output.feats.numel() * output.feats.element_size() / 2**20, 1) if hasattr(output, "feats") else None,
                          "input_maps_mib": round(map_bytes(inputs[0]) / 2**20, 1), "output_maps_mib": round(map_bytes(output) / 2**20, 1)})
         return record
@@ -605,7 +598,7 @@ def profile_inference(pair_file: str, backend: str = "torch", threads: int = 2) 
         refine.register_forward_hook(hook(f"decoder level {i + 1}"))
     with torch.inference_mode():
         out = model(to_backend(x, backend), target=target, oracle=True)
-    rows.append({"stage": "done", "rss_mib": _rss_mib(), "points": len(out.output.feats) if hasattr(out.output, "feats") else None,
+    rows.append({"stage": "done", "rss_mib": _status_mib("VmRSS"), "points": len(out.output.feats) if hasattr(out.output, "feats") else None,
                  "input_maps_mib": round(map_bytes(x) / 2**20, 1), "peak_mib": _peak_mib()})
     return rows
 

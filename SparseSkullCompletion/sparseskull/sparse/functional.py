@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sparseskull.sparse.kernel_map import cached_map, coarsen_to, downsample_coords, expand_coords, expand_pairs
+from sparseskull.sparse.kernel_map import cached_map, coarsen_to, downsample_coords, expand_coords, expand_pairs, row_blocks
 from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
 
 ROWS_PER_BLOCK = 2048  # rows per gather-GEMM block: small blocks stay in cache (measured best at 256^3)
@@ -30,11 +30,6 @@ def check_point_cap(created: int, inputs: int, max_points: int | None, level: st
         )
 
 
-def _blocks(n: int):
-    for start in range(0, n, ROWS_PER_BLOCK):
-        yield slice(start, min(n, start + ROWS_PER_BLOCK))
-
-
 def _gather_rows(source: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """(R, K) row indices -> (R, K * C) gathered rows (index_select is a row memcpy, 4x faster than [] here)."""
     return source.index_select(0, table.reshape(-1)).reshape(table.shape[0], -1)
@@ -44,7 +39,7 @@ def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tens
     """out[n] = concat_k(source_pad[table[n, k]]) @ weight2d, block by block (source_pad: zero row appended)."""
     padded = torch.cat([source, source.new_zeros(1, source.shape[1])])
     out = source.new_empty(table.shape[0], weight2d.shape[1])
-    for rows in _blocks(table.shape[0]):
+    for rows in row_blocks(table.shape[0], ROWS_PER_BLOCK):
         torch.mm(_gather_rows(padded, table[rows]), weight2d, out=out[rows])
     return out
 
@@ -70,7 +65,7 @@ class _SparseConv(torch.autograd.Function):
         w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
         grad_feats = feats.new_empty(feats.shape) if need_feats else None
         grad_weight = feats.new_zeros(c_in, k * c_out) if need_weight else None
-        for rows in _blocks(rev.shape[0]):
+        for rows in row_blocks(rev.shape[0], ROWS_PER_BLOCK):
             g = _gather_rows(padded, rev[rows])  # (R, K * C_out)
             if need_feats:
                 torch.mm(g, w_t, out=grad_feats[rows])
@@ -125,13 +120,14 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
-def _apply(x: SparseTensor, weight, bias, kmap, out_set: CoordinateSet) -> SparseTensor:
+def _apply(x: SparseTensor, weight, bias, op, index, out_set: CoordinateSet) -> SparseTensor:
+    """``op`` (_SparseConv with a kernel map, or _Expand2 with its rows) on ``x``, then the bias."""
     low = _autocast_dtype(x.feats.device.type)
-    if low is not None:  # mixed precision: the gather-GEMM runs in the autocast dtype, as conv3d would
+    if low is not None:  # mixed precision: the GEMMs run in the autocast dtype, as conv3d would
         with torch.autocast(x.feats.device.type, enabled=False):
-            feats = _SparseConv.apply(x.feats.to(low), weight.to(low), kmap)
+            feats = op.apply(x.feats.to(low), weight.to(low), index)
     else:
-        feats = _SparseConv.apply(x.feats, weight, kmap)
+        feats = op.apply(x.feats, weight, index)
     if bias is not None:
         feats = feats + bias
     return SparseTensor(feats, out_set)
@@ -148,7 +144,7 @@ def conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     else:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     kmap = cached_map(x.cset, out_set, kernel_size, x.stride, +1)
-    return _apply(x, weight, bias, kmap, out_set)
+    return _apply(x, weight, bias, _SparseConv, kmap, out_set)
 
 
 def generative_conv_transpose(
@@ -168,17 +164,11 @@ def generative_conv_transpose(
     if kernel_size == 2:
         check_point_cap(8 * len(x), len(x), max_points, level)
         out_set, rows = expand_pairs(x.cset)
-        low = _autocast_dtype(x.feats.device.type)
-        if low is not None:
-            with torch.autocast(x.feats.device.type, enabled=False):
-                feats = _Expand2.apply(x.feats.to(low), weight.to(low), rows)
-        else:
-            feats = _Expand2.apply(x.feats, weight, rows)
-        return SparseTensor(feats if bias is None else feats + bias, out_set)
+        return _apply(x, weight, bias, _Expand2, rows, out_set)
     out_set = expand_coords(x.cset, kernel_size, 2)
     check_point_cap(len(out_set), len(x), max_points, level)
     kmap = cached_map(x.cset, out_set, kernel_size, out_set.stride, -1)
-    return _apply(x, weight, bias, kmap, out_set)
+    return _apply(x, weight, bias, _SparseConv, kmap, out_set)
 
 
 def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:

@@ -68,6 +68,12 @@ def _reverse(nbr: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
 LOOKUP_ROWS = 1 << 18
 """Output rows per block of neighbour lookups."""
 
+
+def row_blocks(n: int, size: int):
+    """Slices of ``size`` rows covering ``range(n)``: blocks bound the temporaries of row-wise work."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
 DENSE_CELLS_PER_POINT = 64
 DENSE_MIN_CELLS = 1 << 22
 """A dense index grid serves the lookups when it has at most this many cells per point (plus the minimum)."""
@@ -108,26 +114,24 @@ def _neighbours(source: CoordinateSet, target: CoordinateSet, offsets: torch.Ten
     volume = int(dims.prod())
     src_flat = src[:, 0] * volume + _dot(torch.div(src[:, 1:] - lo, s, rounding_mode="floor"), strides)
     table[src_flat] = torch.arange(n_in, dtype=table.dtype, device=dev)
-    if out is src and bool((offsets % s == 0).all()):  # a stride-1 layer: the queries are the source's own cells
-        rel, base, aligned = None, None, True
+    nbr = torch.empty((n_out, k), dtype=table.dtype, device=dev)
+    offsets_on_grid = bool((offsets % s == 0).all())
+    if out is src and offsets_on_grid:  # a stride-1 layer: the queries are the source's own cells
+        rel, aligned = None, True
     else:
         rel = out[:, 1:] - lo
-        base = out[:, 0] * volume
-        aligned = bool((offsets % s == 0).all()) and bool((rel % s == 0).all())
+        aligned = offsets_on_grid and bool((rel % s == 0).all())
     if aligned:  # every query lands on the source grid: one gather per block of rows for all offsets
-        flat = src_flat if rel is None else base + _dot(torch.div(rel, s, rounding_mode="floor"), strides)
+        flat = src_flat if rel is None else out[:, 0] * volume + _dot(torch.div(rel, s, rounding_mode="floor"), strides)
         deltas = _dot(torch.div(offsets, s, rounding_mode="floor"), strides)
         if cells < 2**31 - 1:  # int32 index arithmetic: half the memory traffic of the (rows, K) sums
             flat, deltas = flat.to(torch.int32), deltas.to(torch.int32)
-        nbr = torch.empty((n_out, k), dtype=table.dtype, device=dev)
-        for start in range(0, n_out, LOOKUP_ROWS):  # blocks bound the (rows, K) int64 index temporaries
-            rows = slice(start, min(n_out, start + LOOKUP_ROWS))
+        for rows in row_blocks(n_out, LOOKUP_ROWS):
             torch.index_select(table, 0, (flat[rows, None] + deltas[None, :]).reshape(-1), out=nbr[rows].view(-1))
     else:  # generative maps: queries off the source grid have no neighbour
-        nbr = torch.empty((n_out, k), dtype=table.dtype, device=dev)
+        base = out[:, 0] * volume
         absent = torch.tensor(n_in, dtype=table.dtype, device=dev)
-        for start in range(0, n_out, LOOKUP_ROWS):
-            rows = slice(start, min(n_out, start + LOOKUP_ROWS))
+        for rows in row_blocks(n_out, LOOKUP_ROWS):
             q = rel[rows, None, :] + offsets[None]  # (rows, K, 3)
             on_grid = (q % s == 0).all(dim=2)
             q = torch.div(q, s, rounding_mode="floor")
