@@ -158,3 +158,25 @@ def test_oracle_pruning_keeps_exactly_the_targets_points(small_case):
     assert torch.equal(out.output.cset.keys, target.keys)
     with pytest.raises(ValueError, match="oracle"):
         SparseCompletionNet("ch1")(x, oracle=True)
+
+
+def test_fused_inference_gives_the_layer_by_layer_answer(small_case):
+    """In inference the conv-norm-ELU blocks and the generative blocks run fused (norm folded in, ELU per block
+    of rows); in float64 every level's logits equal those of the plain layer-by-layer path (which autograd
+    takes), with trained-looking norm statistics."""
+    torch.manual_seed(0)
+    x, target = small_case
+    model = SparseCompletionNet("ch1").double().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    x = x.replace(x.feats.double())
+    with torch.no_grad():
+        fused = model(x, target=target, oracle=True)
+    plain = model(x, target=target, oracle=True)  # grad enabled: the layers one after the other
+    assert [level.kept for level in fused.levels] == [level.kept for level in plain.levels]
+    for a, b in zip(fused.levels, plain.levels):
+        torch.testing.assert_close(a.logits, b.logits.detach(), rtol=1e-9, atol=1e-9)

@@ -125,6 +125,43 @@ def test_generative_transposed_conv_matches_dense_conv_transpose3d(case, k):
     check_grads(y, ref, x, weight, x_ref.feats, w_ref)
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("k, stride", [(3, 1), (2, 2)])
+def test_fused_inference_block_matches_dense_conv_norm_elu(case, k, stride):
+    """Inference folds the batch norm into the convolution and applies the ELU per block of rows; the
+    result must be the dense float64 conv3d -> batch norm -> ELU, and the next layer must read the
+    output's own zero row instead of copying the features."""
+    from sparseskull.sparse.functional import _padded
+    from sparseskull.sparse.nn import SparseActivation, SparseBatchNorm, SparseConv3d, SparseConvNormAct
+
+    torch.manual_seed(3)
+    x = make_input(case, 3)
+    block = SparseConvNormAct(SparseConv3d(3, 4, k, stride, bias=True), SparseBatchNorm(4), SparseActivation(torch.nn.ELU(0.7)))
+    block = block.to(D).eval()
+    norm = block[1]
+    norm.running_mean.uniform_(-0.5, 0.5)
+    norm.running_var.uniform_(0.3, 2.0)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-0.5, 0.5)
+    with torch.no_grad():
+        y = block(x)
+    conv_layer = block[0]
+    if stride == 1:
+        pad = (1, 1) * 3
+        dense = F.conv3d(F.pad(x.to_dense(case["shape"], batch_size=case["batch"]), pad), dense_weight(conv_layer.weight, k), conv_layer.bias)
+    else:
+        shape = [n + n % 2 for n in case["shape"]]
+        dense = F.conv3d(x.to_dense(tuple(shape), batch_size=case["batch"]), dense_weight(conv_layer.weight, k), conv_layer.bias, stride=2)
+    scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps))[None, :, None, None, None]
+    ref = sample(F.elu((dense - norm.running_mean[None, :, None, None, None]) * scale + norm.bias[None, :, None, None, None], 0.7), y)
+    assert_close(y.feats, ref)
+    if len(y):
+        padded = _padded(y.feats)
+        assert padded.data_ptr() == y.feats.data_ptr() and padded.shape[0] == len(y) + 1 and not padded[-1].any()
+    with torch.enable_grad():  # training (or any autograd) takes the three layers, with the same answer
+        assert_close(block(x).feats, ref)
+
+
 def test_empty_tensor_passes_through_every_op():
     x = SparseTensor.from_coords(torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0, 3, dtype=D), stride=2)
     weight = torch.randn(27, 3, 2, dtype=D, requires_grad=True)
@@ -171,7 +208,9 @@ def test_kernel_maps_are_cached_per_level_and_shared():
     assert len(x.cset.maps) == 1
     conv(y1, w2, None, 3, 1)  # same coordinates: the same map
     assert len(x.cset.maps) == 1
-    conv(x, torch.randn(1, 2, 2, dtype=D), None, 1, 1)
+    conv(x, torch.randn(125, 2, 2, dtype=D), None, 5, 1)  # another kernel: another map
+    assert len(x.cset.maps) == 2
+    conv(x, torch.randn(1, 2, 2, dtype=D), None, 1, 1)  # pointwise: a plain GEMM, no map
     assert len(x.cset.maps) == 2
 
 

@@ -23,13 +23,17 @@ from sparseskull.sparse.nn import (
     SparseActivation,
     SparseBatchNorm,
     SparseConv3d,
+    SparseConvNormAct,
     SparseGenerativeConvTranspose3d,
+    fold_norm,
+    fusable,
     features,
     point_count,
     prune,
     release_maps,
     target_mask,
 )
+from sparseskull.sparse.functional import generative_conv_transpose_elu
 from sparseskull.sparse.tensor import CoordinateSet
 
 CHANNEL_PRESETS = {"ch1": (8, 8, 16, 16, 32, 32, 64), "ch2": (22, 32, 32, 128, 156, 256, 388)}
@@ -52,7 +56,7 @@ def parse_channels(spec) -> tuple[int, ...]:
 
 
 def _block(conv: nn.Module, channels: int) -> nn.Sequential:
-    return nn.Sequential(conv, SparseBatchNorm(channels), SparseActivation(nn.ELU()))
+    return SparseConvNormAct(conv, SparseBatchNorm(channels), SparseActivation(nn.ELU()))
 
 
 class GenerativeBlock(nn.Module):
@@ -65,6 +69,9 @@ class GenerativeBlock(nn.Module):
         self.act = SparseActivation(nn.ELU())
 
     def forward(self, x, max_points: int | None = None, level: str = ""):
+        if self.conv.kernel_size == 2 and fusable(x, self.norm, self.act):  # inference: one pass (see SparseConvNormAct)
+            weight, bias = fold_norm(self.conv, self.norm)
+            return generative_conv_transpose_elu(x, weight, bias, self.act.fn.alpha, max_points, level)
         return self.act(self.norm(self.conv(x, max_points=max_points, level=level)))
 
 

@@ -35,13 +35,36 @@ def _gather_rows(source: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return source.index_select(0, table.reshape(-1)).reshape(table.shape[0], -1)
 
 
-def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tensor) -> torch.Tensor:
-    """out[n] = concat_k(source_pad[table[n, k]]) @ weight2d, block by block (source_pad: zero row appended)."""
-    padded = torch.cat([source, source.new_zeros(1, source.shape[1])])
-    out = source.new_empty(table.shape[0], weight2d.shape[1])
-    for rows in row_blocks(table.shape[0], ROWS_PER_BLOCK):
-        torch.mm(_gather_rows(padded, table[rows]), weight2d, out=out[rows])
-    return out
+def _padded(source: torch.Tensor) -> torch.Tensor:
+    """``source`` with a zero row appended: the row absent neighbours read. A fused layer's output
+    already has one behind it in its storage (see _gather_gemm), so no copy of the features is made."""
+    n, c = source.shape
+    if source.is_contiguous() and source.untyped_storage().nbytes() >= (source.storage_offset() + (n + 1) * c) * source.element_size():
+        padded = source.as_strided((n + 1, c), (c, 1))
+        if not padded[n].any():
+            return padded
+    return torch.cat([source, source.new_zeros(1, c)])
+
+
+def _gather_gemm(table: torch.Tensor, source: torch.Tensor, weight2d: torch.Tensor, bias: torch.Tensor | None = None,
+                 elu_alpha: float | None = None) -> torch.Tensor:
+    """out[n] = concat_k(source_pad[table[n, k]]) @ weight2d, block by block (source_pad: zero row appended).
+    With ``bias`` and ``elu_alpha`` (inference only) the bias and the ELU are applied to each block while
+    it is in cache, and the output is returned with a zero row behind it for the next layer's gather."""
+    n, fused = table.shape[0], bias is not None or elu_alpha is not None
+    padded = _padded(source)
+    out = source.new_empty(n + 1 if fused else n, weight2d.shape[1])
+    if fused:
+        out[n] = 0
+    for rows in row_blocks(n, ROWS_PER_BLOCK):
+        gathered = _gather_rows(padded, table[rows])
+        if bias is None:
+            torch.mm(gathered, weight2d, out=out[rows])
+        else:
+            torch.addmm(bias, gathered, weight2d, out=out[rows])
+        if elu_alpha is not None:
+            torch.nn.functional.elu_(out[rows], elu_alpha)
+    return out[:n]
 
 
 class _SparseConv(torch.autograd.Function):
@@ -133,18 +156,36 @@ def _apply(x: SparseTensor, weight, bias, op, index, out_set: CoordinateSet) -> 
     return SparseTensor(feats, out_set)
 
 
-def conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel_size: int = 3, stride: int = 1) -> SparseTensor:
-    """Sparse convolution. Stride 1: outputs on the input's coordinates (out[p] = sum_o W[o] x[p + o*s]).
-    Stride 2: outputs on the coarser grid at stride 2s covering the input (out[q] = sum_o W[o] x[q + o*s])."""
-    _check_weight(x, weight, kernel_size)
+def _conv_map(x: SparseTensor, kernel_size: int, stride: int):
     if stride == 1:
         out_set = x.cset
     elif stride == 2:
         out_set = downsample_coords(x.cset, 2)
     else:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
-    kmap = cached_map(x.cset, out_set, kernel_size, x.stride, +1)
+    return out_set, cached_map(x.cset, out_set, kernel_size, x.stride, +1)
+
+
+def conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel_size: int = 3, stride: int = 1) -> SparseTensor:
+    """Sparse convolution. Stride 1: outputs on the input's coordinates (out[p] = sum_o W[o] x[p + o*s]).
+    Stride 2: outputs on the coarser grid at stride 2s covering the input (out[q] = sum_o W[o] x[q + o*s])."""
+    _check_weight(x, weight, kernel_size)
+    if kernel_size == 1 and stride == 1:  # a pointwise layer (the classifiers): one GEMM, no kernel map
+        feats = x.feats @ weight[0]
+        return SparseTensor(feats if bias is None else feats + bias, x.cset)
+    out_set, kmap = _conv_map(x, kernel_size, stride)
     return _apply(x, weight, bias, _SparseConv, kmap, out_set)
+
+
+def conv_elu(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor, kernel_size: int = 3, stride: int = 1,
+             alpha: float = 1.0) -> SparseTensor:
+    """ELU(conv(x) + bias) for inference (no autograd): one pass over each block of rows instead of three
+    over the whole level, which matters once a level's features outgrow the cache (a 512 grid). A batch
+    norm in eval mode folds into ``weight`` and ``bias`` (see model.ConvBlock)."""
+    _check_weight(x, weight, kernel_size)
+    out_set, kmap = _conv_map(x, kernel_size, stride)
+    k, c_in, c_out = weight.shape
+    return SparseTensor(_gather_gemm(kmap.nbr, x.feats, weight.reshape(k * c_in, c_out), bias, alpha), out_set)
 
 
 def generative_conv_transpose(
@@ -169,6 +210,20 @@ def generative_conv_transpose(
     check_point_cap(len(out_set), len(x), max_points, level)
     kmap = cached_map(x.cset, out_set, kernel_size, out_set.stride, -1)
     return _apply(x, weight, bias, _SparseConv, kmap, out_set)
+
+
+def generative_conv_transpose_elu(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float = 1.0,
+                                  max_points: int | None = None, level: str = "") -> SparseTensor:
+    """ELU(generative_conv_transpose(x) + bias) for inference, kernel 2: each offset's GEMM output gets its
+    bias and ELU while in cache, and the result keeps a zero row behind it for the next gather."""
+    _check_weight(x, weight, 2)
+    check_point_cap(8 * len(x), len(x), max_points, level)
+    out_set, rows = expand_pairs(x.cset)
+    out = x.feats.new_empty(rows.numel() + 1, weight.shape[2])
+    out[-1] = 0
+    for k in range(weight.shape[0]):
+        out.index_copy_(0, rows[:, k], torch.nn.functional.elu_(torch.addmm(bias, x.feats, weight[k]), alpha))
+    return SparseTensor(out[:-1], out_set)
 
 
 def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from sparseskull.sparse.backends import ops_for
+from sparseskull.sparse.functional import _autocast_dtype, conv_elu
+from sparseskull.sparse.tensor import SparseTensor
 
 
 class _KernelLayer(nn.Module):
@@ -74,6 +76,40 @@ class SparseActivation(nn.Module):
     def forward(self, x):
         ops = ops_for(x)
         return ops.with_features(x, self.fn(ops.features(x)))
+
+
+class SparseConvNormAct(nn.Sequential):
+    """Convolution, batch norm and activation, as ``nn.Sequential(conv, norm, act)`` (same state dict).
+    In inference on the torch engine, with an ELU, the three run as one pass per block of rows: the
+    norm's running statistics fold into the convolution's weight and bias, and the ELU is applied in
+    place. Training, other activations and other engines run the three layers one after the other."""
+
+    def __init__(self, conv: SparseConv3d, norm: SparseBatchNorm, act: SparseActivation):
+        super().__init__(conv, norm, act)
+
+    def forward(self, x):
+        conv, norm, act = self
+        if not (isinstance(conv, SparseConv3d) and fusable(x, norm, act)):
+            return super().forward(x)
+        weight, bias = fold_norm(conv, norm)
+        return conv_elu(x, weight, bias, conv.kernel_size, conv.stride, act.fn.alpha)
+
+
+def fusable(x, norm: SparseBatchNorm, act: SparseActivation) -> bool:
+    """Whether a convolution, ``norm`` and ``act`` on ``x`` may run as one fused inference pass."""
+    return (
+        isinstance(x, SparseTensor) and isinstance(act.fn, nn.ELU) and not norm.training and norm.track_running_stats
+        and not torch.is_grad_enabled() and _autocast_dtype(x.feats.device.type) is None
+    )
+
+
+def fold_norm(conv: _KernelLayer, norm: SparseBatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's (K, C_in, C_out) weight and C_out bias with the eval-mode batch norm after it folded in."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale, bias
 
 
 def prune(x, keep: torch.Tensor):
