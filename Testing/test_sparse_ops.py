@@ -249,3 +249,20 @@ def test_minkowski_offset_order_is_x_fastest():
     assert offs[order[1]].tolist() == [0, -1, -1]  # ME's second offset moves x
     assert offs[order[3]].tolist() == [-1, 0, -1]
     assert sorted(order.tolist()) == list(range(27))
+
+
+@pytest.mark.parametrize("stride, kernel_size, conv_stride", [(1, 3, 1), (2, 3, 1), (1, 2, 2), (2, 5, 1)])
+def test_neighbour_tables_match_a_key_search(monkeypatch, stride, kernel_size, conv_stride):
+    """The dense index table (two batches, points on every face of the grid) finds the neighbours a plain
+    search of the sorted keys finds."""
+    from sparseskull.sparse import kernel_map
+
+    x = random_sparse((9, 7, 6), batch=2, density=0.4, channels=1, stride=stride, seed=5, border=True)
+    target = x.cset if conv_stride == 1 else kernel_map.downsample_coords(x.cset, 2)
+    offsets = kernel_offsets(kernel_size) * stride
+    table = kernel_map._neighbours(x.cset, target, offsets)
+    monkeypatch.setattr(kernel_map, "DENSE_CELLS_PER_POINT", 0)
+    monkeypatch.setattr(kernel_map, "DENSE_MIN_CELLS", 0)
+    searched = kernel_map._neighbours(x.cset, target, offsets)  # the key-search path, no table
+    assert torch.equal(table.long(), searched.long())
+    assert int((searched < len(x)).sum()) > len(target)  # real neighbours were found, not only misses
