@@ -26,7 +26,8 @@ def test_summary_statistics_by_hand():
 def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     exe = shutil.which("sparseskull")
     out, summary_file = tmp_path / "report", tmp_path / "summary.json"
-    run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(out), "--limit", "2", "--json", str(summary_file)],
+    run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(out), "--limit", "2", "--json", str(summary_file),
+                          "--pictures", "1"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     summary = json.loads(summary_file.read_text())
@@ -34,13 +35,22 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
         assert key in summary
     assert summary["cases"] == 2 and 0 <= summary["implant_dsc"] <= 1 and 0.5 < summary["completion_dsc"] <= 1
     assert summary["model"] == "skullfix-ch1-64"
-    assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases.csv", "report.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases", "cases.csv", "report.md", "summary.json"]
+    pictures = sorted((out / "cases").iterdir())  # one side-by-side picture, as asked
+    assert len(pictures) == 1 and pictures[0].suffix == ".png"
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(pictures[0])[..., :3]
+    assert image.shape[0] > 400 and image.shape[1] > 600
+    orange = (image[..., 0] > 0.8) & (image[..., 1] > 0.3) & (image[..., 1] < 0.6) & (image[..., 2] < 0.3)
+    blue = (image[..., 2] > 0.8) & (image[..., 0] < 0.45)
+    assert orange.sum() > 50 and blue.sum() > 50, "the predicted (orange) and true (blue) implants are drawn"
     with open(out / "cases.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]["defect_class"] == "bilateral"
     assert float(rows[0]["truth_implant_cm3"]) > 1
     report = (out / "report.md").read_text()
-    assert "| implant_dsc |" in report and "| bilateral | 2 |" in report
+    assert "| implant_dsc |" in report and "| bilateral | 2 |" in report and f"](cases/{pictures[0].name})" in report
     assert set(summary["by_class"]) == {"bilateral"} and summary["by_class"]["bilateral"]["implant_dsc"] == pytest.approx(summary["implant_dsc"])
 
 

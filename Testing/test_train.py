@@ -196,3 +196,15 @@ def test_the_sparseskull_command_hands_train_its_own_options(capsys):
     assert exc.value.code == 0 and "--resume" in capsys.readouterr().out
     assert cli_main(["train", "--steps", "5"]) == 1
     assert "give --data and --out" in capsys.readouterr().err
+
+
+def test_a_child_process_keeps_only_the_latest_lines(monkeypatch):
+    """A long run's output must not grow the parent's memory without end: the log keeps the latest lines."""
+    from sparseskull import process
+
+    monkeypatch.setattr(process, "LOG_LINES", 5)
+    child = process.ChildProcess("this", [])  # `python -m this` prints the 21 lines of the Zen of Python
+    assert child.wait(60) == 0
+    while not child.drained():
+        child.lines()
+    assert len(child.log) == 5 and child.log[-1].startswith("Namespaces are one honking great idea")

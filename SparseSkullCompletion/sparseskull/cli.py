@@ -89,7 +89,7 @@ def _cmd_evaluate(args) -> int:
 
     options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
-                       baselines=tuple(args.baselines))
+                       baselines=tuple(args.baselines), pictures=args.pictures)
     stats = summary["statistics"]
     print(f"{summary['model']} on {summary['cases']} cases:")
     for key in METRICS:
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.add_argument("--json", default=None, help="also write the summary (means as completion_dsc, implant_dsc, ...) to this file")
     p.add_argument("--baselines", nargs="*", default=[], choices=["mirror"], help="also score these baselines (mirror: reflect the skull about its mid-sagittal plane)")
+    p.add_argument("--pictures", type=int, default=None, metavar="N",
+                   help="input, prediction and truth side by side (cases/*.png) for the first N cases (default: all; 0: none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -28,8 +28,9 @@ METRICS = ("completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "im
 BASELINES = ("mirror",)
 
 
-def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, ...] = ()) -> dict:
-    """One case through the pipeline, against its ground truth (and the baselines asked for)."""
+def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, ...] = (), picture: Path | None = None) -> dict:
+    """One case through the pipeline, against its ground truth (and the baselines asked for); with
+    ``picture``, its input, prediction and ground truth side by side as a PNG there."""
     t0 = time.perf_counter()
     defective = read_mask(case.defective)
     if case.complete is not None:
@@ -44,6 +45,12 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
     result = complete_skull(defective, options, completer=completer)
     m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
     cm3 = defective.voxel_volume_mm3 / 1000.0
+    if picture is not None:
+        from sparseskull.render import comparison_figure
+
+        comparison_figure(defective, result.implant, defective.with_array(truth_implant), picture,
+                          f"case {case.case_id}{' (' + case.defect_class + ')' if case.defect_class else ''}: implant DSC {m['dsc']:.3f}, "
+                          f"bDSC {m['bdsc']:.3f}, HD95 {m['hd95_mm']:.2f} mm")
     extra = {}
     if "mirror" in baselines:
         from sparseskull.baselines import mirror_completion
@@ -109,7 +116,9 @@ def _fmt(v) -> str:
 
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,
              limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True,
-             baselines: tuple[str, ...] = ()) -> dict:
+             baselines: tuple[str, ...] = (), pictures: int | None = None) -> dict:
+    """Score every case (or ``cases``, or the first ``limit``) into ``out``; ``pictures``: how many cases get
+    a side-by-side picture in ``cases/`` (None: all, 0: none)."""
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(BASELINES)}")
@@ -134,10 +143,20 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
 
         iterator = tqdm(found, desc="evaluate", unit="case")
     rows = []
-    for case in iterator:
-        rows.append(score_case(case, completer, options, tuple(baselines)))
-        if progress:
-            iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
+    with staged_output(Path(out)) as stage:
+        for i, case in enumerate(iterator):
+            picture = stage / "cases" / f"{case.name.replace('/', '_')}.png" if pictures is None or i < pictures else None
+            rows.append(score_case(case, completer, options, tuple(baselines), picture))
+            if progress:
+                iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
+        summary = _write_report(rows, stage, data, completer, baselines)
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> dict:
+    """cases.csv, summary.json, boxplots.png and report.md into ``stage``; returns the summary."""
     stats = summarise(rows)
     summary = {key: stats[key]["mean"] for key in METRICS}
     classes = sorted({r["defect_class"] for r in rows if r["defect_class"]})
@@ -145,26 +164,27 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
                     "device": str(completer.device), "backend": completer.backend, "statistics": stats})
-    with staged_output(Path(out)) as stage:
-        with open(stage / "cases.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}")
-        lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
-                 "Each defective skull went through the `sparseskull complete` pipeline on its full grid.", "",
-                 "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
-        for key, s in stats.items():
-            lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
-        if summary["by_class"]:
-            lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
-            for c, means in summary["by_class"].items():
-                n = sum(r["defect_class"] == c for r in rows)
-                lines.append(f"| {c} | {n} | " + " | ".join(_fmt(means[k]) for k in METRICS) + " |")
-        lines += ["", "![box plots](boxplots.png)", "", "Per case: `cases.csv`."]
-        (stage / "report.md").write_text("\n".join(lines) + "\n")
-    if json_path:
-        Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+    with open(stage / "cases.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}")
+    lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
+             "Each defective skull went through the `sparseskull complete` pipeline on its full grid.", "",
+             "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
+    for key, s in stats.items():
+        lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
+    if summary["by_class"]:
+        lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+        for c, means in summary["by_class"].items():
+            n = sum(r["defect_class"] == c for r in rows)
+            lines.append(f"| {c} | {n} | " + " | ".join(_fmt(means[k]) for k in METRICS) + " |")
+    lines += ["", "![box plots](boxplots.png)", "", "Per case: `cases.csv`."]
+    pictures = sorted((stage / "cases").glob("*.png")) if (stage / "cases").is_dir() else []
+    if pictures:
+        lines += ["", "## Cases", "", "Input, prediction and ground truth side by side (3D, and slices through the true implant):", ""]
+        lines += [f"![{p.stem}](cases/{p.name})" for p in pictures]
+    (stage / "report.md").write_text("\n".join(lines) + "\n")
     return summary

@@ -14,7 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from pathlib import Path
+
+LOG_LINES = 20_000
+"""Lines a child's ``log`` keeps (the latest): a long training run prints without end."""
 
 
 def python_executable() -> str:
@@ -31,12 +35,13 @@ def python_executable() -> str:
 class ChildProcess:
     """``python -m MODULE ARGS...`` with stdout and stderr merged and queued line by line.
 
-    ``lines()`` returns the lines that arrived since the last call (never blocks); ``log`` keeps them all.
+    ``lines()`` returns the lines that arrived since the last call (never blocks); ``log`` keeps the
+    latest LOG_LINES of them.
     """
 
     def __init__(self, module: str, args: list[str], python: str | None = None, echo: bool = False, env: dict | None = None):
         self.args = [str(a) for a in args]
-        self.log: list[str] = []
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
         environment = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         package_parent = str(Path(__file__).resolve().parents[1])  # works without pip-installing sparseskull
         environment["PYTHONPATH"] = package_parent + (os.pathsep + environment["PYTHONPATH"] if environment.get("PYTHONPATH") else "")

@@ -144,3 +144,48 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, image)
     return path
+
+
+TRUTH = (0.30, 0.65, 0.95)
+
+
+def comparison_figure(defective: Volume, predicted: Volume, truth: Volume, path: str | Path, title: str = "") -> Path:
+    """One evaluated case side by side: input, prediction and ground truth, as 3D renderings (the skull seen
+    towards the true implant) above the three orthogonal slices through the true implant's centre
+    (prediction orange, truth blue, their overlap both)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    focus = truth if truth.array.any() else (predicted if predicted.array.any() else defective)
+    centre = [int(c) for c in np.argwhere(focus.array).mean(axis=0)]
+    view = view_towards(focus, defective) if focus is not defective else "oblique"
+    renders = [
+        ("input: defective skull", [(defective, BONE, 1.0)]),
+        ("prediction: implant (orange)", [(defective, BONE, 1.0), (predicted, IMPLANT, 1.0)]),
+        ("ground truth: implant (blue)", [(defective, BONE, 1.0), (truth, TRUTH, 1.0)]),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 10), facecolor="black")
+    for ax, (label, layers) in zip(axes[0], renders):
+        ax.imshow(render_surfaces(layers, view=view, size=(420, 420)))
+        ax.set_title(label, color="white")
+        ax.axis("off")
+    for ax, (name, bone, aspect), (_, pred, _), (_, true, _) in zip(
+        axes[1], slice_views(defective, centre), slice_views(predicted, centre), slice_views(truth, centre)
+    ):
+        ax.imshow(bone, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        if true.any():
+            ax.contourf(true.astype(float), levels=[0.5, 1.5], colors=["#4da6f2"], alpha=0.55)
+        if pred.any():
+            ax.contourf(pred.astype(float), levels=[0.5, 1.5], colors=["#f27319"], alpha=0.55)
+        ax.set_title(f"{name}: prediction (orange), truth (blue)", color="white")
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, color="white")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70, facecolor="black")
+    plt.close(fig)
+    return path
