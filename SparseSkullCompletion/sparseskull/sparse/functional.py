@@ -134,10 +134,10 @@ def _check_weight(x: SparseTensor, weight: torch.Tensor, kernel_size: int) -> No
         )
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
+def autocast_dtype(device_type: str) -> torch.dtype | None:
     try:
         if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
+            return torch.getautocast_dtype(device_type)
     except (TypeError, AttributeError, RuntimeError):  # torch < 2.4, or a device type autocast does not know
         pass
     return None
@@ -145,7 +145,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 def _apply(x: SparseTensor, weight, bias, op, index, out_set: CoordinateSet) -> SparseTensor:
     """``op`` (_SparseConv with a kernel map, or _Expand2 with its rows) on ``x``, then the bias."""
-    low = _autocast_dtype(x.feats.device.type)
+    low = autocast_dtype(x.feats.device.type)
     if low is not None:  # mixed precision: the GEMMs run in the autocast dtype, as conv3d would
         with torch.autocast(x.feats.device.type, enabled=False):
             feats = op.apply(x.feats.to(low), weight.to(low), index)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sparseskull.sparse.backends import ops_for
-from sparseskull.sparse.functional import _autocast_dtype, conv_elu
+from sparseskull.sparse.functional import autocast_dtype, conv_elu
 from sparseskull.sparse.tensor import SparseTensor
 
 
@@ -99,14 +99,16 @@ def fusable(x, norm: SparseBatchNorm, act: SparseActivation) -> bool:
     """Whether a convolution, ``norm`` and ``act`` on ``x`` may run as one fused inference pass."""
     return (
         isinstance(x, SparseTensor) and isinstance(act.fn, nn.ELU) and not norm.training and norm.track_running_stats
-        and not torch.is_grad_enabled() and _autocast_dtype(x.feats.device.type) is None
+        and not torch.is_grad_enabled() and autocast_dtype(x.feats.device.type) is None
     )
 
 
 def fold_norm(conv: _KernelLayer, norm: SparseBatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's (K, C_in, C_out) weight and C_out bias with the eval-mode batch norm after it folded in."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    bias = norm.bias - norm.running_mean * scale
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    bias = -norm.running_mean * scale + (norm.bias if norm.affine else 0.0)
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return conv.weight * scale, bias
