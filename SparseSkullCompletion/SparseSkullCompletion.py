@@ -234,6 +234,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             device=self.ui.deviceComboBox.currentData or "auto",
             backend=self.ui.backendComboBox.currentText or "torch",
             clearance_mm=self.ui.clearanceSpinBox.value,
+            min_depth_mm=self.ui.minDepthSpinBox.value,
             smoothing_iterations=int(self.ui.smoothingSpinBox.value),
         )
 

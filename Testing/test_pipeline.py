@@ -151,6 +151,35 @@ def test_cleaning_keeps_the_plate_and_drops_specks_and_floating_bits():
     assert with_gap.sum() == 8 * 8 * 3  # 1 mm clearance takes one voxel off the plate's four rim sides
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
+def test_reach_filter_drops_layers_on_intact_bone_and_keeps_plates(spacing):
+    """A spherical skull 7 mm thick (outer radius 70 mm) with a large cap cut off. The network's typical mistake
+    is stood in for by a 3 mm layer on the intact bone's outer surface, joined to the plate: the filter (10 mm)
+    must drop the layer and keep the plate whole. A skull with only a 12 mm round hole keeps its plate whole
+    (its deepest voxel is 6 mm from the bone, so half that is the bar); beside a large defect, such a small
+    plate is dropped, as the docstring says."""
+    from sparseskull.metrics import dice
+    from sparseskull.pipeline import reach_filter
+
+    spacing = np.asarray(spacing)
+    shape = np.ceil(170 / spacing).astype(int)
+    x, y, z = (np.indices(shape).transpose(1, 2, 3, 0) * spacing - 85.0).transpose(3, 0, 1, 2)
+    r = np.sqrt(x**2 + y**2 + z**2)
+    shell = (r <= 70) & (r > 63)
+    big = shell & (z > 40)  # a cap of about 57 mm radius
+    small = shell & (y**2 + z**2 < 6.0**2) & (x > 0)  # a 12 mm round hole on the right
+    layer = (r > 70) & (r <= 73) & (z > 0) & (z <= 40)  # bone added along the intact vault, touching the plate
+    raw = big | layer
+    kept = reach_filter(raw, Volume(shell & ~big, tuple(spacing)), 10.0)
+    assert dice(raw, big) < 0.8  # left in, the layer spoils the implant
+    assert dice(kept, big) > 0.97 and (kept & big).sum() >= 0.99 * big.sum()
+    assert (kept & layer).sum() < 0.1 * layer.sum()  # only the band next to the plate's rim stays
+    assert np.array_equal(reach_filter(raw, Volume(shell & ~big, tuple(spacing)), 0.0), raw)
+    assert np.array_equal(reach_filter(small, Volume(shell & ~small, tuple(spacing)), 10.0), small)
+    both = reach_filter(big | small, Volume(shell & ~big & ~small, tuple(spacing)), 10.0)
+    assert (both & big).sum() >= 0.99 * big.sum() and not (both & small).any()
+
+
 def test_far_too_large_ct_is_refused(sample):
     """A file whose spacing makes the head 4x larger than a head than the model was trained on."""
     big = Volume(sample.ct.array, tuple(4 * s for s in sample.ct.spacing_mm), sample.ct.origin_lps)
@@ -271,7 +300,7 @@ def test_automatic_threshold_finds_the_bone(sample):
 @pytest.mark.parametrize("options", [
     CompleteOptions(),
     CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
-                    clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
+                    min_depth_mm=4.0, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
 ], ids=["defaults", "every-flag"])
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""

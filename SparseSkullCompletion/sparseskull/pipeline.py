@@ -26,10 +26,13 @@ from scipy import ndimage
 from sparseskull import __version__
 from sparseskull.io import looks_like_mask, read_volume, staged_output, write_volume
 from sparseskull.preprocess import DEFAULT_THRESHOLD_HU, largest_component, skull_mask_from_ct
+from sparseskull.resample import block_max
 from sparseskull.volume import Volume
 
 STAGES = ("read", "skull", "model grid", "network", "CT grid", "clean", "mesh", "write")
 INPUT_KINDS = ("auto", "ct", "mask")
+DEFAULT_MIN_DEPTH_MM = 10.0
+"""Implant pieces must reach this far from the bone (see reach_filter); chosen on training skulls, see the README."""
 
 
 class InputError(ValueError):
@@ -46,6 +49,7 @@ class CompleteOptions:
     min_implant_mm3: float = 100.0  # implant pieces smaller than this are dropped
     clearance_mm: float = 0.0  # gap left between implant and bone, for fit
     keep_fraction: float = 0.2  # pieces smaller than this share of the largest piece are dropped (one defect, one plate)
+    min_depth_mm: float = DEFAULT_MIN_DEPTH_MM  # what never gets this far from the bone is not implant (0: keep all)
     smoothing_iterations: int = 20
     decimate: float = 0.5
     stl_space: str = "LPS"  # Slicer's file convention; RAS on request
@@ -63,8 +67,8 @@ class CompleteOptions:
             self.threshold_hu = float(self.threshold_hu)
         if not 0 <= self.keep_fraction <= 1:
             raise ValueError(f"keep_fraction is a share of the largest piece, in [0, 1]; got {self.keep_fraction}")
-        if self.min_implant_mm3 < 0 or self.clearance_mm < 0:
-            raise ValueError("the minimum implant volume and the clearance cannot be negative")
+        if self.min_implant_mm3 < 0 or self.clearance_mm < 0 or self.min_depth_mm < 0:
+            raise ValueError("the minimum implant volume, the minimum depth and the clearance cannot be negative")
         if not 0 <= self.decimate < 1:
             raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
 
@@ -228,10 +232,53 @@ def to_ct_grid(coarse_in: np.ndarray, coarse_out: np.ndarray, grid: ModelGrid, s
     return full
 
 
-def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2) -> tuple[np.ndarray, dict]:
-    """Clearance from the bone, then only the pieces that touch the bone (the defect's rim), hold at least
-    ``min_mm3`` and at least ``keep_fraction`` of the largest such piece."""
+def _bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...] | None:
+    """The box around a mask's voxels, widened by ``margin`` voxels per axis (None for an empty mask)."""
+    box = []
+    for axis, m in enumerate(margin):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hit):
+            return None
+        box.append(slice(max(int(hit[0]) - int(m), 0), min(int(hit[-1]) + int(m) + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm: float = 2.0, voxel_mm: float = 1.0) -> np.ndarray:
+    """The implant less what never gets ``min_depth_mm`` away from the bone. A plate that fills a hole reaches
+    deep into it, while the layers a network adds along intact bone stay within a few millimetres of it.
+    The plate's rim, which meets the bone, is kept: every voxel within ``min_depth_mm + rim_mm`` of a deep one.
+    When even the deepest voxel is shallower (a single small hole), half its depth is the bar instead; beside
+    a large defect, the plate of a small hole is dropped (lower the bar for such skulls).
+    Distances are taken on a grid of about ``voxel_mm`` voxels, around the implant only: distance
+    transforms of a full-resolution skull take many seconds and the bar needs no finer."""
+    if min_depth_mm <= 0 or not implant.any():
+        return implant
+    spacing = np.asarray(skull.spacing_mm, float)
+    factors = np.maximum(1, np.floor(voxel_mm / spacing)).astype(int)
+    coarse_spacing = spacing * factors
+    box = _bounding_box(implant, np.ceil((min_depth_mm + rim_mm) / spacing) + 2 * factors)
+    part = block_max(implant[box], factors)
+    depth = ndimage.distance_transform_edt(~block_max(np.asarray(skull.array[box], bool), factors), sampling=coarse_spacing)
+    depth[~part] = 0
+    bar = min(min_depth_mm, 0.5 * float(depth.max()))
+    seeds = depth > bar
+    near = ndimage.distance_transform_edt(~seeds, sampling=coarse_spacing) <= bar + rim_mm + float(np.linalg.norm(coarse_spacing))
+    for axis, f in enumerate(factors):  # back to the full grid (blocks to voxels)
+        near = np.repeat(near, f, axis=axis)
+    out = np.zeros_like(implant)
+    shape = tuple(sl.stop - sl.start for sl in box)
+    out[box] = implant[box] & near[: shape[0], : shape[1], : shape[2]]
+    return out
+
+
+def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2,
+                  min_depth_mm: float = 0.0) -> tuple[np.ndarray, dict]:
+    """What reaches ``min_depth_mm`` into the defect (:func:`reach_filter`), clearance from the bone, then only the
+    pieces that touch the bone (the defect's rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the
+    largest such piece."""
     info = {"raw_voxels": int(implant.sum())}
+    implant = reach_filter(implant, skull, min_depth_mm)
+    info["shallow_voxels"] = info["raw_voxels"] - int(implant.sum())
     if not implant.any():
         return implant, {**info, "pieces_kept": 0, "pieces_dropped": 0, "voxels": 0}
     spacing = np.asarray(skull.spacing_mm)
@@ -357,7 +404,8 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     done("CT grid")
 
     stage("clean")
-    implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction)
+    implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction,
+                                              options.min_depth_mm)
     implant = skull.with_array(implant_array)
     completed = skull.with_array(np.asarray(skull.array, bool) | implant_array)
     done("clean")
@@ -488,7 +536,7 @@ def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None
 
 # CompleteOptions field -> `sparseskull complete` flag; keep in step with cli.py (a test round-trips them)
 _FLAGS = {"threshold_hu": "--threshold-hu", "input_kind": "--input-kind", "model": "--model", "device": "--device", "backend": "--backend",
-          "min_implant_mm3": "--min-implant-mm3", "clearance_mm": "--clearance-mm", "smoothing_iterations": "--smoothing",
+          "min_implant_mm3": "--min-implant-mm3", "min_depth_mm": "--min-depth-mm", "clearance_mm": "--clearance-mm", "smoothing_iterations": "--smoothing",
           "decimate": "--decimate", "stl_space": "--stl-space", "threads": "--threads"}
 
 

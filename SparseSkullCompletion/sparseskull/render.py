@@ -102,11 +102,17 @@ def render_surfaces(
     camera.SetViewUp(*up)
     renderer.ResetCamera()
     camera.Zoom(1.3)
-    window = vtk.vtkRenderWindow()
-    window.SetOffScreenRendering(1)
-    window.SetSize(*size)
-    window.AddRenderer(renderer)
-    window.Render()
+    # without a display, VTK warns "bad X server connection" and then renders offscreen all the same
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
+    try:
+        window = vtk.vtkRenderWindow()
+        window.SetOffScreenRendering(1)
+        window.SetSize(*size)
+        window.AddRenderer(renderer)
+        window.Render()
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
     grab = vtk.vtkWindowToImageFilter()
     grab.SetInput(window)
     grab.Update()
