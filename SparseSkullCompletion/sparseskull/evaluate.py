@@ -57,6 +57,7 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         from sparseskull.pipeline import clean_implant
 
         mirrored, _ = mirror_completion(defective)
+        # cleaned as a user of the manual method would (specks, pieces away from the rim), without the network's reach filter
         implant, _ = clean_implant(mirrored & ~np.asarray(defective.array, bool), defective, options.min_implant_mm3, 0.0, options.keep_fraction)
         b = implant_metrics(implant, truth_implant, defective.array, defective.spacing_mm)
         extra = {"mirror_implant_dsc": b["dsc"], "mirror_implant_bdsc": b["bdsc"], "mirror_implant_hd95_mm": b["hd95_mm"],
