@@ -86,3 +86,26 @@ def test_cli_reports_bad_threshold_without_a_traceback(tmp_path):
     assert run.returncode == 1
     assert "bone threshold of 5000 HU" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypatch, capsys):
+    """`sparseskull models` shows the held-out, full-grid scores from <name>.evaluation.json (what a user gets),
+    apart from the coarse validation score training recorded; a model without an evaluation shows dashes."""
+    from sparseskull.cli import main
+    from sparseskull.models import default_model_name, list_models, register_model
+
+    monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
+    shipped = next(m for m in list_models() if m.name == default_model_name())
+    scores = json.loads(shipped.path.with_suffix(".evaluation.json").read_text())
+    assert shipped.evaluation == scores and len(scores["cases"]) == 15
+    mine = tmp_path / "run1" / "model.safetensors"
+    mine.parent.mkdir()
+    shutil.copy(shipped.path, mine)
+    register_model(mine)
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    default_row = next(line for line in lines if line.startswith(f"{shipped.name} (default)"))
+    assert f"{scores['implant_dsc']:.3f}" in default_row and f"{scores['implant_hd95_mm']:.1f}" in default_row
+    assert f"{shipped.info.metrics['val_implant_dsc']:.3f}" in default_row.split("|")[-1]
+    yours = next(line for line in lines if "(yours)" in line)
+    assert yours.split("|")[1].split() == ["-", "-", "-"]

@@ -110,14 +110,20 @@ def _cmd_models(args) -> int:
         print(f"no shipped models in {models_dir()}")
         return 1
     default = default_model_name()
-    print(f"{'name':<24} {'task':<16} {'resolution':>10} {'spacing mm':>20} {'val implant DSC':>15} {'val DSC':>8}")
+    def cell(v, digits: int, width: int) -> str:
+        return f"{'-' if v is None else f'{v:.{digits}f}':>{width}}"
+
+    print(f"{'name':<26} {'task':<16} {'resolution':>10} {'spacing mm':>16} | {'implant DSC':>11} {'bDSC':>6} {'HD95 mm':>8} | {'coarse val':>10}")
     for m in models:
         i = m.info
         spacing = "x".join(f"{v:.2f}" for v in i.spacing_mm) if i.spacing_mm else "-"
         res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
-        imp, dsc = i.metrics.get("val_implant_dsc"), i.metrics.get("val_dsc")
+        full = m.evaluation or {}
         mark = " (default)" if m.shipped and m.name == default else "" if m.shipped else " (yours)"
-        print(f"{m.name + mark:<24} {i.task:<16} {res:>10} {spacing:>20} {'-' if imp is None else f'{imp:.3f}':>15} {'-' if dsc is None else f'{dsc:.4f}':>8}")
+        print(f"{m.name + mark:<26} {i.task:<16} {res:>10} {spacing:>16} | {cell(full.get('implant_dsc'), 3, 11)} "
+              f"{cell(full.get('implant_bdsc'), 3, 6)} {cell(full.get('implant_hd95_mm'), 1, 8)} | {cell(i.metrics.get('val_implant_dsc'), 3, 10)}")
+    print("implant DSC, bDSC, HD95: `sparseskull evaluate` means on the held-out skulls, full grid, through the whole pipeline\n"
+          "(<name>.evaluation.json); coarse val: implant DSC on the training grid when training ended")
     print(f"model cards: {models_dir()}/<name>.md; use one with --model NAME")
     for m in models:
         if not m.shipped:

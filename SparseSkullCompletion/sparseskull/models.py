@@ -38,6 +38,16 @@ class ShippedModel:
     def card(self) -> Path:
         return self.path.with_suffix(".md")
 
+    @property
+    def evaluation(self) -> dict | None:
+        """The full-grid scores beside the model (``<name>.evaluation.json``: `sparseskull evaluate`'s means on its
+        held-out skulls), or None."""
+        path = self.path.with_suffix(".evaluation.json")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
 
 def list_models(folder: Path | None = None) -> list[ShippedModel]:
     folder = models_dir() if folder is None else Path(folder)
