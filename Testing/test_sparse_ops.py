@@ -266,3 +266,13 @@ def test_neighbour_tables_match_a_key_search(monkeypatch, stride, kernel_size, c
     searched = kernel_map._neighbours(x.cset, target, offsets)  # the key-search path, no table
     assert torch.equal(table.long(), searched.long())
     assert int((searched < len(x)).sum()) > len(target)  # real neighbours were found, not only misses
+
+
+def test_autocast_dtype_reads_the_active_autocast():
+    """The sparse ops cast to the autocast dtype themselves (and fused inference stays off under autocast): the
+    helper that reads it must see it, not swallow an error and say 'none'."""
+    from sparseskull.sparse.functional import autocast_dtype
+
+    assert autocast_dtype("cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_dtype("cpu") == torch.bfloat16

@@ -70,7 +70,8 @@ def render_surfaces(
     view: str | Sequence[float] = "oblique",
     size: tuple[int, int] = (480, 480),
 ) -> np.ndarray:
-    """Render masks as shaded surfaces; ``layers`` = (mask, rgb, opacity). Returns an RGB uint8 image.
+    """Render masks as shaded surfaces; ``layers`` = (mask, rgb, opacity), where a mask may also be its surface
+    already made by :func:`mask_to_polydata` (to render one skull in several pictures). Returns an RGB uint8 image.
 
     ``view``: a name from VIEWS, or an LPS direction from the object towards the camera.
     """
@@ -80,10 +81,12 @@ def render_surfaces(
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(0.08, 0.09, 0.11)
     for mask, rgb, opacity in layers:
-        if not np.any(mask.array):
-            continue
+        if isinstance(mask, Volume):
+            if not np.any(mask.array):
+                continue
+            mask = mask_to_polydata(mask)
         mapper = vtk.vtkPolyDataMapper()
-        mapper.SetInputData(mask_to_polydata(mask))
+        mapper.SetInputData(mask)
         mapper.ScalarVisibilityOff()
         actor = vtk.vtkActor()
         actor.SetMapper(mapper)
@@ -167,10 +170,11 @@ def comparison_figure(defective: Volume, predicted: Volume, truth: Volume, path:
     focus = truth if truth.array.any() else (predicted if predicted.array.any() else defective)
     centre = [int(c) for c in np.argwhere(focus.array).mean(axis=0)]
     view = view_towards(focus, defective) if focus is not defective else "oblique"
+    skull = mask_to_polydata(defective)  # once for the three pictures: the slowest part of them
     renders = [
-        ("input: defective skull", [(defective, BONE, 1.0)]),
-        ("prediction: implant (orange)", [(defective, BONE, 1.0), (predicted, IMPLANT, 1.0)]),
-        ("ground truth: implant (blue)", [(defective, BONE, 1.0), (truth, TRUTH, 1.0)]),
+        ("input: defective skull", [(skull, BONE, 1.0)]),
+        ("prediction: implant (orange)", [(skull, BONE, 1.0), (predicted, IMPLANT, 1.0)]),
+        ("ground truth: implant (blue)", [(skull, BONE, 1.0), (truth, TRUTH, 1.0)]),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 10), facecolor="black")
     for ax, (label, layers) in zip(axes[0], renders):

@@ -137,7 +137,7 @@ def _check_weight(x: SparseTensor, weight: torch.Tensor, kernel_size: int) -> No
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     try:
         if torch.is_autocast_enabled(device_type):
-            return torch.getautocast_dtype(device_type)
+            return torch.get_autocast_dtype(device_type)
     except (TypeError, AttributeError, RuntimeError):  # torch < 2.4, or a device type autocast does not know
         pass
     return None
