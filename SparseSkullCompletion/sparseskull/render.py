@@ -14,6 +14,7 @@ from sparseskull.volume import Volume
 BONE = (0.93, 0.89, 0.80)
 IMPLANT = (0.95, 0.45, 0.10)
 DEFECT_EDGE = (0.35, 0.60, 0.95)
+TRUTH = (0.30, 0.65, 0.95)
 
 
 def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
@@ -153,9 +154,6 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, image)
     return path
-
-
-TRUTH = (0.30, 0.65, 0.95)
 
 
 def comparison_figure(defective: Volume, predicted: Volume, truth: Volume, path: str | Path, title: str = "") -> Path:

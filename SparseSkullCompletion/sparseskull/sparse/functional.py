@@ -99,6 +99,23 @@ class _SparseConv(torch.autograd.Function):
         return grad_feats, grad_weight, None
 
 
+def _expand_gemm(feats: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None,
+                 elu_alpha: float | None = None) -> torch.Tensor:
+    """out[rows[:, k]] = feats @ weight[k], offset by offset (the rows are disjoint across k). With ``bias`` and
+    ``elu_alpha`` (inference only), as in _gather_gemm: each offset's block gets them while in cache, and the
+    output keeps a zero row behind it for the next layer's gather."""
+    n, fused = rows.numel(), bias is not None or elu_alpha is not None
+    out = feats.new_empty(n + 1 if fused else n, weight.shape[2])
+    if fused:
+        out[n] = 0
+    for k in range(weight.shape[0]):
+        block = feats @ weight[k] if bias is None else torch.addmm(bias, feats, weight[k])
+        if elu_alpha is not None:
+            torch.nn.functional.elu_(block, elu_alpha)
+        out.index_copy_(0, rows[:, k], block)
+    return out[:n]
+
+
 class _Expand2(torch.autograd.Function):
     """The kernel-2, stride-2 generative transposed convolution. Each input point makes eight outputs, one
     per offset, and each output reads that one input, so ``out[rows[:, k]] = feats @ W[k]``: eight plain
@@ -107,10 +124,7 @@ class _Expand2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feats, weight, rows):
         ctx.save_for_backward(feats, weight, rows)
-        out = feats.new_empty(rows.numel(), weight.shape[2])
-        for k in range(weight.shape[0]):
-            out.index_copy_(0, rows[:, k], feats @ weight[k])  # rows are disjoint across k
-        return out
+        return _expand_gemm(feats, weight, rows)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -181,7 +195,7 @@ def conv_elu(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor, kernel_s
              alpha: float = 1.0) -> SparseTensor:
     """ELU(conv(x) + bias) for inference (no autograd): one pass over each block of rows instead of three
     over the whole level, which matters once a level's features outgrow the cache (a 512 grid). A batch
-    norm in eval mode folds into ``weight`` and ``bias`` (see model.ConvBlock)."""
+    norm in eval mode folds into ``weight`` and ``bias`` (see nn.SparseConvNormAct)."""
     _check_weight(x, weight, kernel_size)
     out_set, kmap = _conv_map(x, kernel_size, stride)
     k, c_in, c_out = weight.shape
@@ -219,11 +233,7 @@ def generative_conv_transpose_elu(x: SparseTensor, weight: torch.Tensor, bias: t
     _check_weight(x, weight, 2)
     check_point_cap(8 * len(x), len(x), max_points, level)
     out_set, rows = expand_pairs(x.cset)
-    out = x.feats.new_empty(rows.numel() + 1, weight.shape[2])
-    out[-1] = 0
-    for k in range(weight.shape[0]):
-        out.index_copy_(0, rows[:, k], torch.nn.functional.elu_(torch.addmm(bias, x.feats, weight[k]), alpha))
-    return SparseTensor(out[:-1], out_set)
+    return SparseTensor(_expand_gemm(x.feats, weight, rows, bias, alpha), out_set)
 
 
 def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
