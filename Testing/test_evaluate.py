@@ -84,3 +84,94 @@ def test_mirror_baseline_fills_a_one_sided_hole_in_a_symmetric_shell():
     completed, info = mirror_completion(volume)
     implant, _ = clean_implant(completed & ~volume.array, volume, 100.0, 0.0)
     assert dice(implant, hole) > 0.85
+
+
+@pytest.fixture(scope="module")
+def dense_model(tiny_data, tmp_path_factory):
+    """A dense baseline trained for a few steps on the tiny generated set."""
+    from sparseskull.dense_baseline import train_dense
+
+    return train_dense(tiny_data, tmp_path_factory.mktemp("dense"), steps=4, batch_size=2, validation=1, val_every=2, progress=False)
+
+
+def test_dense_baseline_model_loads_only_where_asked_for(dense_model):
+    from sparseskull.pipeline import NetworkCompleter
+    from sparseskull.weights import ModelFileError, load_model, read_info
+
+    info = read_info(dense_model)
+    assert info.architecture == "DenseCompletionNet" and info.task == "completion" and info.resolution == 64
+    assert info.training["loss"].startswith("soft Dice") and info.metrics["val_implant_dsc"] is not None
+    with pytest.raises(ModelFileError, match="the dense baseline"):
+        load_model(dense_model)  # not offered for completing skulls
+    with pytest.raises(ModelFileError, match="the dense baseline"):
+        NetworkCompleter(str(dense_model), "cpu")
+    completer = NetworkCompleter(str(dense_model), "cpu", architectures=("DenseCompletionNet",))
+    coarse = np.zeros((50, 70, 40), bool)
+    coarse[10:40, 10:60, 5:30] = True
+    coarse[15:35, 15:55, 10:25] = False
+    done = completer(coarse)
+    assert done.shape == coarse.shape and not (coarse & ~done).any(), "the input is kept (Eq. 4 union)"
+    assert completer.backend == "dense"
+
+
+def test_dense_training_lowers_its_dice_loss(tiny_data, tmp_path):
+    from sparseskull.dense_baseline import train_dense
+
+    train_dense(tiny_data, tmp_path, steps=15, batch_size=2, lr=3e-3, validation=1, val_every=15, progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        loss = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert np.mean(loss[-3:]) < np.mean(loss[:3]) - 0.05
+
+
+def test_evaluate_reports_the_dense_baseline_beside_the_model(tiny_data, dense_model, tmp_path):
+    from sparseskull.evaluate import evaluate
+
+    summary = evaluate(tiny_data, tmp_path / "r", limit=1, baselines=("dense",), dense_model=str(dense_model), pictures=0, progress=False)
+    dense = summary["baselines"]["dense"]
+    assert set(dense) == set(METRICS) and 0 <= dense["implant_dsc"] <= 1 and 0 < dense["completion_dsc"] <= 1
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| dense |" in report and f"| {summary['model']} |" in report
+    with open(tmp_path / "r" / "cases.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["dense_completion_dsc"]) == pytest.approx(dense["completion_dsc"], abs=1e-5)
+
+
+def test_super_resolution_is_scored_against_interpolation(tiny_data, tmp_path):
+    from sparseskull.evaluate import SR_METRICS
+    from sparseskull.train import TrainConfig, train
+
+    config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "sr"), task="super-resolution", resolution=128, sr_from=64, steps=2,
+                         batch_size=1, validation=1, val_every=2, checkpoint_every=2, device="cpu", threads=1)
+    model = train(config, progress=False).model_path
+    exe = shutil.which("sparseskull")
+    out = tmp_path / "report"
+    run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(out), "--model", str(model), "--limit", "2", "--json",
+                          str(tmp_path / "s.json")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["task"] == "super-resolution" and (summary["from"], summary["to"]) == (64, 128) and summary["cases"] == 2
+    assert all(0 <= summary[k] <= 1 for k in SR_METRICS)
+    # the baselines are computed on the right grid: a misaligned copy would score far lower
+    assert summary["interp_dsc"] > 0.75 and summary["interp_dsc"] > summary["nearest_dsc"]
+    assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases.csv", "report.md", "summary.json"]
+    assert "| trilinear interpolation |" in (out / "report.md").read_text()
+
+
+def test_linear_upsampling_of_a_block_averaged_shell_beats_nearest():
+    from sparseskull.resample import upsample_linear
+
+    g = np.indices((64, 64, 64)).astype(float)
+    r = np.sqrt(((g - 31.5) ** 2).sum(0))
+    fine = (r < 20) & (r > 14)
+    coarse = fine.reshape(16, 4, 16, 4, 16, 4).mean(axis=(1, 3, 5)) >= 0.5
+    near = coarse.repeat(4, 0).repeat(4, 1).repeat(4, 2)
+
+    def dsc(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    linear = upsample_linear(coarse, 4, fine.shape)
+    assert dsc(linear, fine) > dsc(near, fine) + 0.03
+    # block edges line up: a block-aligned cube comes back exactly
+    cube = np.zeros((16, 16, 16), bool)
+    cube[4:8, 4:8, 4:8] = True
+    assert dsc(upsample_linear(cube, 4, (64, 64, 64))[16:32, 16:32, 16:32], np.ones((16, 16, 16), bool)) > 0.7

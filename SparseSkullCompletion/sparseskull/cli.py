@@ -85,12 +85,25 @@ def _cmd_complete(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from sparseskull.evaluate import METRICS, evaluate
+    from sparseskull.evaluate import METRICS, SR_METRICS, evaluate, evaluate_sr
+    from sparseskull.models import resolve_model
     from sparseskull.pipeline import CompleteOptions
+    from sparseskull.weights import read_info
 
+    if read_info(resolve_model(args.model)).task == "super-resolution":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        summary = evaluate_sr(args.data, args.out, args.model, cases=args.cases, limit=args.limit, device=args.device,
+                              backend=args.backend, json_path=args.json)
+        print(f"{summary['model']} (super-resolution {summary['from']} -> {summary['to']}) on {summary['cases']} skulls: "
+              + ", ".join(f"{k} {summary[k]:.4f}" for k in SR_METRICS))
+        print(f"report: {args.out}/report.md, per skull: {args.out}/cases.csv")
+        return 0
     options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
-                       baselines=tuple(args.baselines), pictures=args.pictures)
+                       baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model)
     stats = summary["statistics"]
     print(f"{summary['model']} on {summary['cases']} cases:")
     for key in METRICS:
@@ -105,7 +118,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_models(args) -> int:
     from sparseskull.models import available_models, default_model_name, models_dir
 
-    models = available_models()
+    models = available_models(baselines=True)
     if not models:
         print(f"no shipped models in {models_dir()}")
         return 1
@@ -119,11 +132,12 @@ def _cmd_models(args) -> int:
         spacing = "x".join(f"{v:.2f}" for v in i.spacing_mm) if i.spacing_mm else "-"
         res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
         full = m.evaluation or {}
-        mark = " (default)" if m.shipped and m.name == default else "" if m.shipped else " (yours)"
+        mark = " (default)" if m.shipped and m.name == default else " (baseline)" if m.baseline else "" if m.shipped else " (yours)"
         print(f"{m.name + mark:<26} {i.task:<16} {res:>10} {spacing:>16} | {cell(full.get('implant_dsc'), 3, 11)} "
               f"{cell(full.get('implant_bdsc'), 3, 6)} {cell(full.get('implant_hd95_mm'), 1, 8)} | {cell(i.metrics.get('val_implant_dsc'), 3, 10)}")
     print("implant DSC, bDSC, HD95: `sparseskull evaluate` means on the held-out skulls, full grid, through the whole pipeline\n"
-          "(<name>.evaluation.json); coarse val: implant DSC on the training grid when training ended")
+          "(<name>.evaluation.json); coarse val: implant DSC on the training grid when training ended;\n"
+          "baseline: the dense network of the paper's comparison, for `sparseskull evaluate --baselines dense` only")
     print(f"model cards: {models_dir()}/<name>.md; use one with --model NAME")
     for m in models:
         if not m.shipped:
@@ -262,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", default=None, help="only these case ids")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.add_argument("--json", default=None, help="also write the summary (means as completion_dsc, implant_dsc, ...) to this file")
-    p.add_argument("--baselines", nargs="*", default=[], choices=["mirror"], help="also score these baselines (mirror: reflect the skull about its mid-sagittal plane)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=["mirror", "dense"],
+                   help="also score these baselines (mirror: reflect the skull about its mid-sagittal plane; "
+                        "dense: the paper's dense network with Dice loss, through the same pipeline)")
+    p.add_argument("--dense-model", default=None, help="the dense baseline's model name or path (default: the shipped dense-ch1-64)")
     p.add_argument("--pictures", type=int, default=None, metavar="N",
                    help="input, prediction and truth side by side (cases/*.png) for the first N cases (default: all; 0: none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

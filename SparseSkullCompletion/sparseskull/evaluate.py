@@ -25,12 +25,15 @@ from sparseskull.pipeline import CompleteOptions, NetworkCompleter, complete_sku
 METRICS = ("completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "implant_hd95_mm")
 
 
-BASELINES = ("mirror",)
+BASELINES = ("mirror", "dense")
+DENSE_BASELINE = "dense-ch1-64"  # the shipped dense network (Table 1's layers, Dice loss)
 
 
-def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, ...] = (), picture: Path | None = None) -> dict:
+def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, ...] = (), picture: Path | None = None,
+               dense=None) -> dict:
     """One case through the pipeline, against its ground truth (and the baselines asked for); with
-    ``picture``, its input, prediction and ground truth side by side as a PNG there."""
+    ``picture``, its input, prediction and ground truth side by side as a PNG there. ``dense``: the
+    dense baseline's completer, run through the same pipeline (same grid, cleaning and reach filter)."""
     t0 = time.perf_counter()
     defective = read_mask(case.defective)
     if case.complete is not None:
@@ -51,7 +54,7 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         comparison_figure(defective, result.implant, defective.with_array(truth_implant), picture,
                           f"case {case.case_id}{' (' + case.defect_class + ')' if case.defect_class else ''}: implant DSC {m['dsc']:.3f}, "
                           f"bDSC {m['bdsc']:.3f}, HD95 {m['hd95_mm']:.2f} mm")
-    extra = {}
+    extra: dict = {}
     if "mirror" in baselines:
         from sparseskull.baselines import mirror_completion
         from sparseskull.pipeline import clean_implant
@@ -60,8 +63,14 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         # cleaned as a user of the manual method would (specks, pieces away from the rim), without the network's reach filter
         implant, _ = clean_implant(mirrored & ~np.asarray(defective.array, bool), defective, options.min_implant_mm3, 0.0, options.keep_fraction)
         b = implant_metrics(implant, truth_implant, defective.array, defective.spacing_mm)
-        extra = {"mirror_implant_dsc": b["dsc"], "mirror_implant_bdsc": b["bdsc"], "mirror_implant_hd95_mm": b["hd95_mm"],
-                 "mirror_completion_dsc": dice(np.asarray(defective.array, bool) | implant, complete.array)}
+        extra.update({"mirror_implant_dsc": b["dsc"], "mirror_implant_bdsc": b["bdsc"], "mirror_implant_hd95_mm": b["hd95_mm"],
+                      "mirror_completion_dsc": dice(np.asarray(defective.array, bool) | implant, complete.array)})
+    if "dense" in baselines:
+        d = complete_skull(defective, options, completer=dense)
+        b = implant_metrics(d.implant.array, truth_implant, defective.array, defective.spacing_mm)
+        extra.update({"dense_implant_dsc": b["dsc"], "dense_implant_bdsc": b["bdsc"], "dense_implant_hd95_mm": b["hd95_mm"],
+                      "dense_completion_dsc": dice(d.completed.array, complete.array),
+                      "dense_completion_re": reconstruction_error(d.completed.array, complete.array)})
     return {
         "case": case.case_id,
         "defect_class": case.defect_class or "",
@@ -91,20 +100,27 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def _boxplots(rows: list[dict], path: Path, title: str) -> None:
+def _boxplots(rows: list[dict], path: Path, title: str, methods: list[tuple[str, str]]) -> None:
+    """One panel per metric, one box per method (``(label, column prefix)``: the model, then the baselines), as
+    the paper's Figs 3-4 set the sparse network beside the dense one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(14 if len(methods) < 3 else 16, 4))
     for ax, key, label in zip(axes, ("completion_dsc", "implant_dsc", "implant_bdsc", "implant_hd95_mm"),
                               ("completed skull DSC", "implant DSC", "implant bDSC", "implant HD95 (mm)")):
-        values = [r[key] for r in rows if np.isfinite(r[key])]
-        ax.boxplot(values, widths=0.5)
-        ax.scatter(np.random.default_rng(0).normal(1, 0.04, len(values)), values, s=10, alpha=0.6)
+        shown = [(name, [r[prefix + key] for r in rows if np.isfinite(r.get(prefix + key, np.nan))]) for name, prefix in methods]
+        shown = [(name, v) for name, v in shown if v]
+        if not shown:
+            ax.set_axis_off()
+            continue
+        ax.boxplot([v for _, v in shown], widths=0.5)
+        for i, (_, values) in enumerate(shown, start=1):
+            ax.scatter(np.random.default_rng(i).normal(i, 0.04, len(values)), values, s=10, alpha=0.6)
         ax.set_title(label)
-        ax.set_xticks([])
+        ax.set_xticks(range(1, len(shown) + 1), [name for name, _ in shown], fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -117,15 +133,22 @@ def _fmt(v) -> str:
 
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,
              limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True,
-             baselines: tuple[str, ...] = (), pictures: int | None = None) -> dict:
+             baselines: tuple[str, ...] = (), pictures: int | None = None, dense_model: str | None = None) -> dict:
     """Score every case (or ``cases``, or the first ``limit``) into ``out``; ``pictures``: how many cases get
-    a side-by-side picture in ``cases/`` (None: all, 0: none)."""
+    a side-by-side picture in ``cases/`` (None: all, 0: none); ``dense_model``: the dense baseline's model
+    (default: the shipped one)."""
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(BASELINES)}")
     options = options or CompleteOptions(preview=False)
     options.preview = False
     completer = NetworkCompleter(model if model is not None else options.model, options.device, options.backend)
+    dense = None
+    if "dense" in baselines:
+        dense = NetworkCompleter(dense_model or DENSE_BASELINE, options.device, architectures=("DenseCompletionNet",))
+        if dense.info.resolution != completer.info.resolution:
+            raise ValueError(f"the dense baseline {dense.name} is a {dense.info.resolution}^2 model and {completer.name} a "
+                             f"{completer.info.resolution}^2 one: compare models of one resolution")
     found = find_cases(data)
     if cases:
         wanted = set(cases)
@@ -147,13 +170,116 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
     with staged_output(Path(out)) as stage:
         for i, case in enumerate(iterator):
             picture = stage / "cases" / f"{case.name.replace('/', '_')}.png" if pictures is None or i < pictures else None
-            rows.append(score_case(case, completer, options, tuple(baselines), picture))
+            rows.append(score_case(case, completer, options, tuple(baselines), picture, dense))
             if progress:
                 iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
         summary = _write_report(rows, stage, data, completer, baselines)
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+SR_METRICS = ("sr_dsc", "interp_dsc", "nearest_dsc")
+
+
+def score_sr_case(case, model, info, device, backend: str = "torch") -> dict:
+    """One complete skull, as the paper scores super-resolution: its copy at the model's input resolution,
+    upsampled to the model's resolution (nearest: the network's input) and completed there by the
+    network, against the copy at the model's resolution; beside it the trilinear interpolation baseline."""
+    import torch
+
+    from sparseskull.pairs import read_at, upsample_nearest
+    from sparseskull.resample import upsample_linear
+    from sparseskull.sparse.backends import from_backend, to_backend
+    from sparseskull.sparse.tensor import SparseTensor
+
+    t0 = time.perf_counter()
+    fine = np.asarray(read_at(case.complete, info.resolution).array, bool)
+    coarse = np.asarray(read_at(case.complete, info.input_resolution).array, bool)
+    factor = info.resolution // info.input_resolution
+    nearest = upsample_nearest(coarse, factor, fine.shape)
+    ijk = np.argwhere(nearest)
+    x = SparseTensor.from_coords(torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], 1)).to(device),
+                                 torch.ones(len(ijk), 1, device=device))
+    with torch.inference_mode():
+        out = model(to_backend(x, backend), tau=info.tau)
+    pred = np.zeros_like(fine)
+    if out.output is not None:
+        c = from_backend(out.output).coords[:, 1:].cpu().numpy()
+        c = c[np.all((c >= 0) & (c < np.array(fine.shape)), axis=1)]
+        pred[tuple(c.T)] = True
+    return {"case": case.case_id, "defect_class": "", "sr_dsc": dice(pred, fine), "interp_dsc": dice(upsample_linear(coarse, factor, fine.shape), fine),
+            "nearest_dsc": dice(nearest, fine), "sr_re": reconstruction_error(pred, fine), "seconds": time.perf_counter() - t0}
+
+
+def evaluate_sr(data, out, model: str | None, cases: list[str] | None = None, limit: int | None = None, device: str = "auto",
+                backend: str = "torch", json_path: str | None = None, progress: bool = True) -> dict:
+    """Score a super-resolution model on the complete skulls of a data set (one row per skull): ``sr_dsc``
+    against the interpolation baseline ``interp_dsc`` (and ``nearest_dsc``, the network's own input)."""
+    from sparseskull.models import resolve_model
+    from sparseskull.train import pick_device
+    from sparseskull.weights import load_model
+
+    path = resolve_model(model)
+    dev = pick_device(device)
+    net, info = load_model(path, task="super-resolution", device=dev)
+    found, seen = [], set()
+    for c in find_cases(data):
+        if c.complete is not None and c.case_id not in seen and (not cases or c.case_id in cases):
+            seen.add(c.case_id)
+            found.append(c)
+    if cases and set(cases) - seen:
+        raise FileNotFoundError(f"{data}: no complete skull for case {', '.join(sorted(set(cases) - seen))}")
+    found = found[:limit] if limit else found
+    if not found:
+        raise FileNotFoundError(f"{data}: no case with a complete skull to evaluate super-resolution on")
+    iterator = found
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(found, desc="evaluate super-resolution", unit="skull")
+    rows = [score_sr_case(c, net, info, dev, backend) for c in iterator]
+    stats = summarise(rows)
+    name = Path(path).stem
+    summary = {**{k: stats[k]["mean"] for k in SR_METRICS}, "cases": len(rows), "data": str(data), "model": name, "model_path": str(path),
+               "task": "super-resolution", "from": info.input_resolution, "to": info.resolution, "device": str(dev), "backend": backend,
+               "statistics": stats}
+    with staged_output(Path(out)) as stage:
+        with open(stage / "cases.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _sr_boxplot(rows, stage / "boxplots.png", f"{name}: super-resolution {info.input_resolution} -> {info.resolution}, {len(rows)} skulls")
+        lines = [f"# Super-resolution `{name}` ({info.input_resolution} -> {info.resolution}) on {len(rows)} skulls of `{data}`", "",
+                 "Each complete skull's copy at the coarse resolution, upsampled, against its copy at the fine one.", "",
+                 "| method | DSC mean | std | median |", "|---|---|---|---|"]
+        for key, label in (("sr_dsc", "super-resolution network"), ("interp_dsc", "trilinear interpolation"), ("nearest_dsc", "nearest (the network's input)")):
+            st = stats[key]
+            lines.append(f"| {label} | {_fmt(st['mean'])} | {_fmt(st['std'])} | {_fmt(st['median'])} |")
+        lines += ["", "![box plots](boxplots.png)", "", "Per skull: `cases.csv`."]
+        (stage / "report.md").write_text("\n".join(lines) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _sr_boxplot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = ("sr_dsc", "interp_dsc", "nearest_dsc")
+    ax.boxplot([[r[k] for r in rows] for k in keys], widths=0.5)
+    ax.set_xticks([1, 2, 3], ["network", "trilinear", "nearest"])
+    ax.set_ylabel("DSC against the fine copy")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> dict:
@@ -171,12 +297,19 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> 
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}")
+    methods = [(completer.name, "")] + [(b, f"{b}_") for b in baselines]
+    _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}", methods)
     lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
              "Each defective skull went through the `sparseskull complete` pipeline on its full grid.", "",
              "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
     for key, s in stats.items():
         lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
+    if baselines:
+        lines += ["", "Against the baselines (means), each through the same pipeline and cleaning"
+                  " (mirror: reflected skull, cleaned without the reach filter):", "",
+                  "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
+                  f"| {completer.name} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
+        lines += [f"| {b} | " + " | ".join(_fmt(summary["baselines"][b].get(k)) for k in METRICS) + " |" for b in baselines]
     if summary["by_class"]:
         lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
         for c, means in summary["by_class"].items():

@@ -35,6 +35,11 @@ class ShippedModel:
         return f"{self.name} ({self.info.resolution}^2{'' if self.shipped else ', yours'})"
 
     @property
+    def baseline(self) -> bool:
+        """A baseline shipped for `sparseskull evaluate` (the dense network), not offered for completing skulls."""
+        return self.info.architecture != "SparseCompletionNet"
+
+    @property
     def card(self) -> Path:
         return self.path.with_suffix(".md")
 
@@ -49,11 +54,13 @@ class ShippedModel:
             return None
 
 
-def list_models(folder: Path | None = None) -> list[ShippedModel]:
+def list_models(folder: Path | None = None, baselines: bool = False) -> list[ShippedModel]:
+    """The shipped models; ``baselines``: the evaluation baselines (the dense network) too."""
     folder = models_dir() if folder is None else Path(folder)
     if not folder.is_dir():
         return []
-    return [ShippedModel(p.stem, p, read_info(p)) for p in sorted(folder.glob("*.safetensors"))]
+    found = [ShippedModel(p.stem, p, read_info(p)) for p in sorted(folder.glob("*.safetensors"))]
+    return [m for m in found if baselines or not m.baseline]
 
 
 def default_model_name(folder: Path | None = None) -> str | None:
@@ -80,7 +87,7 @@ def resolve_model(spec: str | os.PathLike | None = None, folder: Path | None = N
         return path
     shipped = folder / f"{spec}.safetensors"
     if not shipped.is_file():
-        names = ", ".join(m.name for m in list_models(folder)) or "none"
+        names = ", ".join(m.name for m in list_models(folder, baselines=True)) or "none"
         raise FileNotFoundError(f"no shipped model named {spec!r} (shipped: {names}); or give a path to a .safetensors file")
     return shipped
 
@@ -128,6 +135,6 @@ def registered_models() -> list[ShippedModel]:
     return found
 
 
-def available_models() -> list[ShippedModel]:
-    """The shipped models, then the user's registered ones."""
-    return list_models() + registered_models()
+def available_models(baselines: bool = False) -> list[ShippedModel]:
+    """The shipped models, then the user's registered ones (``baselines``: the dense baseline too)."""
+    return [m for m in list_models(baselines=baselines) + registered_models() if baselines or not m.baseline]

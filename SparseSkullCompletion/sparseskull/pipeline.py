@@ -320,7 +320,7 @@ class NetworkCompleter:
     """The trained network as the pipeline's completion step: a model file (a shipped model's name, a
     path, or None for the default), on a device and a sparse backend."""
 
-    def __init__(self, spec=None, device: str = "auto", backend: str = "torch"):
+    def __init__(self, spec=None, device: str = "auto", backend: str = "torch", architectures: tuple[str, ...] = ("SparseCompletionNet",)):
         from sparseskull.models import resolve_model
         from sparseskull.sparse.backends import BACKENDS
         from sparseskull.train import pick_device
@@ -330,8 +330,9 @@ class NetworkCompleter:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.path = resolve_model(spec)
         self.device = pick_device(device)
-        self.backend = backend
-        self.model, self.info = load_model(self.path, device=self.device)
+        self.model, self.info = load_model(self.path, device=self.device, architectures=architectures)
+        self.dense = self.info.architecture == "DenseCompletionNet"  # the dense baseline (evaluate --baselines dense)
+        self.backend = "dense" if self.dense else backend
         if self.info.task != "completion":
             raise InputError(f"{self.path}: a {self.info.task} model; completing a skull needs a completion model")
         if self.info.spacing_mm is None:
@@ -339,6 +340,10 @@ class NetworkCompleter:
         self.name = Path(self.path).stem
 
     def __call__(self, coarse: np.ndarray, grid: "ModelGrid | None" = None) -> np.ndarray:
+        if self.dense:
+            from sparseskull.dense_baseline import complete_dense
+
+            return complete_dense(self.model, coarse, device=self.device)
         return run_network(self.model, coarse, self.backend, self.device, self.info.tau)
 
 

@@ -78,3 +78,17 @@ def downsample_to(mask: Volume, size: int) -> Volume:
     if mask.shape[0] % size or mask.shape[1] % size or mask.shape[0] != mask.shape[1]:
         raise ValueError(f"a {mask.shape} grid cannot be downsampled to {size}^2: the in-plane size must be a multiple of it")
     return downsample_mask(mask, mask.shape[0] // size)
+
+
+def upsample_linear(coarse: np.ndarray, factors, shape) -> np.ndarray:
+    """A coarse binary mask interpolated (trilinear) onto the grid ``factors`` times finer and cut to
+    ``shape``, thresholded at one half: the paper's interpolation baseline for super-resolution. Block
+    edges line up (a coarse voxel covers its ``factors`` block, as in :func:`block_grid`)."""
+    from scipy import ndimage
+
+    factors = (factors,) * 3 if isinstance(factors, int) else tuple(factors)
+    fine = ndimage.zoom(coarse.astype(np.float32), factors, order=1, mode="grid-constant", grid_mode=True)
+    out = np.zeros(shape, dtype=bool)
+    n = [min(a, b) for a, b in zip(shape, fine.shape)]
+    out[: n[0], : n[1], : n[2]] = fine[: n[0], : n[1], : n[2]] >= 0.5
+    return out

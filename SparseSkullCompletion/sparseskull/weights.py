@@ -22,6 +22,7 @@ from sparseskull.model import SparseCompletionNet
 FORMAT = "sparseskull-model"
 FORMAT_VERSION = 1
 TASKS = ("completion", "super-resolution")
+ARCHITECTURES = ("SparseCompletionNet", "DenseCompletionNet")
 
 
 class ModelFileError(ValueError):
@@ -101,14 +102,27 @@ def _open(path: Path) -> tuple[dict, ModelInfo]:
     return meta, info
 
 
-def load_model(path: str | os.PathLike, task: str | None = None, device: str | torch.device = "cpu") -> tuple[SparseCompletionNet, ModelInfo]:
-    """Load and verify a model file; ``task``, when given, must match the model's."""
+def _network(architecture: str):
+    if architecture == "DenseCompletionNet":
+        from sparseskull.dense_model import DenseCompletionNet
+
+        return DenseCompletionNet
+    return SparseCompletionNet
+
+
+def load_model(path: str | os.PathLike, task: str | None = None, device: str | torch.device = "cpu",
+               architectures: tuple[str, ...] = ("SparseCompletionNet",)) -> tuple[SparseCompletionNet, ModelInfo]:
+    """Load and verify a model file; ``task``, when given, must match the model's, and its architecture
+    must be one of ``architectures`` (the dense baseline, ``DenseCompletionNet``, only where asked for)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     meta, info = _open(path)
-    if info.architecture != "SparseCompletionNet":
+    if info.architecture not in ARCHITECTURES:
         raise ModelFileError(f"{path}: architecture {info.architecture!r} is not one this version runs")
+    if info.architecture not in architectures:
+        what = "the dense baseline (for `sparseskull evaluate --baselines dense`)" if info.architecture == "DenseCompletionNet" else info.architecture
+        raise ModelFileError(f"{path}: {what}, not a {' or '.join(architectures)} model")
     if task is not None and info.task != task:
         raise ModelFileError(f"{path}: a {info.task} model, but a {task} model is needed")
     try:
@@ -118,7 +132,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, device: str | t
     if _digest(tensors) != meta.get("sha256"):
         raise ModelFileError(f"{path}: the weights do not match their checksum: the file is corrupted")
     try:
-        model = SparseCompletionNet(info.channels)
+        model = _network(info.architecture)(info.channels)
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the weights do not fit a {info.architecture} with channels {list(info.channels)} ({exc})") from None
