@@ -175,3 +175,23 @@ def test_linear_upsampling_of_a_block_averaged_shell_beats_nearest():
     cube = np.zeros((16, 16, 16), bool)
     cube[4:8, 4:8, 4:8] = True
     assert dsc(upsample_linear(cube, 4, (64, 64, 64))[16:32, 16:32, 16:32], np.ones((16, 16, 16), bool)) > 0.7
+
+
+def test_record_writes_the_scores_beside_the_model_tied_to_its_weights(tiny_data, tmp_path):
+    from sparseskull.evaluate import evaluate
+    from sparseskull.models import ShippedModel, default_model_name, list_models
+    from sparseskull.weights import read_info, weights_digest
+
+    shipped = next(m for m in list_models() if m.name == default_model_name())
+    model = tmp_path / "mine.safetensors"
+    shutil.copy(shipped.path, model)
+    summary = evaluate(tiny_data, tmp_path / "r", model=str(model), limit=1, pictures=0, progress=False, record=True)
+    recorded = json.loads((tmp_path / "mine.evaluation.json").read_text())
+    assert recorded["model_sha256"] == weights_digest(model)
+    assert recorded["implant_dsc"] == pytest.approx(summary["implant_dsc"], abs=1e-4) and len(recorded["cases"]) == 1
+    assert "held out" not in recorded["what"], "generated skulls are not the model's held-out SkullFix cases"
+    entry = ShippedModel("mine", model, read_info(model))
+    assert entry.evaluation == recorded
+    recorded["model_sha256"] = "0" * 64  # scores measured on other weights are not shown
+    (tmp_path / "mine.evaluation.json").write_text(json.dumps(recorded))
+    assert entry.evaluation is None

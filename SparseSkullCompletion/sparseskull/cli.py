@@ -103,7 +103,8 @@ def _cmd_evaluate(args) -> int:
         return 0
     options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
-                       baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model)
+                       baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model,
+                       record=args.record)
     stats = summary["statistics"]
     print(f"{summary['model']} on {summary['cases']} cases:")
     for key in METRICS:
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", default=[], choices=["mirror", "dense"],
                    help="also score these baselines (mirror: reflect the skull about its mid-sagittal plane; "
                         "dense: the paper's dense network with Dice loss, through the same pipeline)")
+    p.add_argument("--record", action="store_true",
+                   help="write the means beside the model file (<name>.evaluation.json, tied to its weights), for `sparseskull models` and Slicer")
     p.add_argument("--dense-model", default=None, help="the dense baseline's model name or path (default: the shipped dense-ch1-64)")
     p.add_argument("--pictures", type=int, default=None, metavar="N",
                    help="input, prediction and truth side by side (cases/*.png) for the first N cases (default: all; 0: none)")

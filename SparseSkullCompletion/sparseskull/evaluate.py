@@ -133,10 +133,10 @@ def _fmt(v) -> str:
 
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,
              limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True,
-             baselines: tuple[str, ...] = (), pictures: int | None = None, dense_model: str | None = None) -> dict:
+             baselines: tuple[str, ...] = (), pictures: int | None = None, dense_model: str | None = None, record: bool = False) -> dict:
     """Score every case (or ``cases``, or the first ``limit``) into ``out``; ``pictures``: how many cases get
     a side-by-side picture in ``cases/`` (None: all, 0: none); ``dense_model``: the dense baseline's model
-    (default: the shipped one)."""
+    (default: the shipped one); ``record``: also write the means beside the model file (``<name>.evaluation.json``)."""
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(BASELINES)}")
@@ -176,7 +176,37 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
         summary = _write_report(rows, stage, data, completer, baselines)
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+    if record:
+        record_evaluation(summary, completer.path, options, [c.case_id for c in found])
     return summary
+
+
+def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_ids: list[str]) -> Path:
+    """Write the means (and medians, baselines) beside the model as ``<name>.evaluation.json``, tied to its
+    weights' checksum, for `sparseskull models` and the Slicer panel to show."""
+    import datetime
+
+    from sparseskull import __version__
+    from sparseskull.io import atomic_write
+    from sparseskull.models import evaluation_path
+    from sparseskull.weights import read_info, weights_digest
+
+    stats = summary["statistics"]
+    held_out = set(read_info(model_path).training.get("val_case_ids") or [])
+    record = {
+        **{k: None if summary[k] is None else round(summary[k], 4) for k in METRICS},
+        "what": (f"sparseskull evaluate on {len(case_ids)} cases of {Path(summary['data']).name}"
+                 + (" (all held out of the model's training)" if held_out and set(case_ids) <= held_out else "")
+                 + ", through the complete pipeline on each case's full grid; means"),
+        "cases": case_ids,
+        "pipeline": {"min_depth_mm": options.min_depth_mm, "min_implant_mm3": options.min_implant_mm3, "clearance_mm": options.clearance_mm},
+        "medians": {k: None if stats[k]["median"] is None else round(stats[k]["median"], 4) for k in ("implant_dsc", "implant_bdsc", "implant_hd95_mm")},
+        "baselines": {b: {k: None if v is None else round(v, 4) for k, v in means.items()} for b, means in summary["baselines"].items()},
+        "date": datetime.date.today().isoformat(),
+        "package_version": __version__,
+        "model_sha256": weights_digest(model_path),
+    }
+    return atomic_write(evaluation_path(Path(model_path)), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
 
 
 SR_METRICS = ("sr_dsc", "interp_dsc", "nearest_dsc")

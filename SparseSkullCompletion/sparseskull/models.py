@@ -45,13 +45,23 @@ class ShippedModel:
 
     @property
     def evaluation(self) -> dict | None:
-        """The full-grid scores beside the model (``<name>.evaluation.json``: `sparseskull evaluate`'s means on its
-        held-out skulls), or None."""
-        path = self.path.with_suffix(".evaluation.json")
+        """The full-grid scores beside the model (``<name>.evaluation.json``, written by `sparseskull evaluate
+        --record`: its means on the model's held-out skulls), or None; None too when they were measured on
+        other weights (their ``model_sha256`` is not this file's)."""
+        from sparseskull.weights import ModelFileError, weights_digest
+
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
+            scores = json.loads(evaluation_path(self.path).read_text())
+            if scores.get("model_sha256") != weights_digest(self.path):
+                return None
+            return scores
+        except (OSError, ValueError, AttributeError, ModelFileError):
             return None
+
+
+def evaluation_path(model_path: Path) -> Path:
+    """Where a model's recorded evaluation lives: ``<name>.evaluation.json`` beside it."""
+    return Path(model_path).with_suffix(".evaluation.json")
 
 
 def list_models(folder: Path | None = None, baselines: bool = False) -> list[ShippedModel]:

@@ -71,6 +71,11 @@ def save_model(model: SparseCompletionNet, path: str | os.PathLike, info: ModelI
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sparseskull": json.dumps(meta)}))
 
 
+def weights_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a model file's tensors, as its metadata records it (what an evaluation is tied to)."""
+    return str(_open(Path(path))[0].get("sha256"))
+
+
 def read_info(path: str | os.PathLike) -> ModelInfo:
     """The metadata of a model file, checked for format (tensors not loaded)."""
     return _open(Path(path))[1]
