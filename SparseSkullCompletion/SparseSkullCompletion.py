@@ -235,6 +235,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             backend=self.ui.backendComboBox.currentText or "torch",
             clearance_mm=self.ui.clearanceSpinBox.value,
             min_depth_mm=self.ui.minDepthSpinBox.value,
+            min_thickness_mm=self.ui.minThicknessSpinBox.value,
             smoothing_iterations=int(self.ui.smoothingSpinBox.value),
         )
 

@@ -152,6 +152,38 @@ def test_cleaning_keeps_the_plate_and_drops_specks_and_floating_bits():
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
+def test_minimum_thickness_grows_a_thin_plate_inwards_only(spacing):
+    """A vault 7 mm thick (radii 63 to 70 mm, open below like the SkullFix skulls) with a cap cut off the top.
+    A 2 mm plate at the outer surface, made at least 5 mm thick, must reach 5 mm in along the vertical lines,
+    keep its outer surface, stay out of the bone and out of the clearance, and a plate already thick enough
+    must come back as it was."""
+    from sparseskull.pipeline import ensure_thickness
+
+    spacing = np.asarray(spacing)
+    shape = np.ceil(170 / spacing).astype(int)
+    x, y, z = (np.indices(shape).transpose(1, 2, 3, 0) * spacing - 85.0).transpose(3, 0, 1, 2)
+    r = np.sqrt(x**2 + y**2 + z**2)
+    shell = (r <= 70) & (r > 63) & (z > -20)
+    cap = shell & (z > 45)
+    skull = Volume(shell & ~cap, tuple(spacing))
+    thin = cap & (r > 68)
+    thick = ensure_thickness(thin, skull, 5.0)
+    assert not (thin & ~thick).any() and not (thick & skull.array).any()
+    assert not (thick & (r > 70.01)).any(), "the outer surface stays"
+    top = (np.abs(x) < 15) & (np.abs(y) < 15)  # where the lines from the braincase centre are near radial
+    band = top & (r > 66) & (r <= 70) & (z > 45)  # 4 mm below the outer surface: now implant
+    assert (thick & band).sum() >= 0.95 * band.sum()
+    assert not (thick & top & (r < 63.5)).any(), "not much deeper than asked"
+    assert np.array_equal(ensure_thickness(cap, skull, 5.0), cap), "7 mm is thick enough already"
+    assert np.array_equal(ensure_thickness(thin, skull, 0.0), thin)
+    gap = ensure_thickness(thin, skull, 5.0, clearance_mm=2.0)
+    from scipy import ndimage
+
+    near_bone = ndimage.distance_transform_edt(~skull.array, sampling=spacing) <= 2.0
+    assert not ((gap & ~thin) & near_bone).any()
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_reach_filter_drops_layers_on_intact_bone_and_keeps_plates(spacing):
     """A spherical skull 7 mm thick (outer radius 70 mm) with a large cap cut off. The network's typical mistake
     is stood in for by a 3 mm layer on the intact bone's outer surface, joined to the plate: the filter (10 mm)
@@ -300,7 +332,7 @@ def test_automatic_threshold_finds_the_bone(sample):
 @pytest.mark.parametrize("options", [
     CompleteOptions(),
     CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
-                    min_depth_mm=4.0, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
+                    min_depth_mm=4.0, min_thickness_mm=3.5, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
 ], ids=["defaults", "every-flag"])
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""

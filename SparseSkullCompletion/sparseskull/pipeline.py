@@ -50,6 +50,7 @@ class CompleteOptions:
     clearance_mm: float = 0.0  # gap left between implant and bone, for fit
     keep_fraction: float = 0.2  # pieces smaller than this share of the largest piece are dropped (one defect, one plate)
     min_depth_mm: float = DEFAULT_MIN_DEPTH_MM  # what never gets this far from the bone is not implant (0: keep all)
+    min_thickness_mm: float = 0.0  # grow the implant inwards where it is thinner than this (0: as completed)
     smoothing_iterations: int = 20
     decimate: float = 0.5
     stl_space: str = "LPS"  # Slicer's file convention; RAS on request
@@ -67,8 +68,8 @@ class CompleteOptions:
             self.threshold_hu = float(self.threshold_hu)
         if not 0 <= self.keep_fraction <= 1:
             raise ValueError(f"keep_fraction is a share of the largest piece, in [0, 1]; got {self.keep_fraction}")
-        if self.min_implant_mm3 < 0 or self.clearance_mm < 0 or self.min_depth_mm < 0:
-            raise ValueError("the minimum implant volume, the minimum depth and the clearance cannot be negative")
+        if self.min_implant_mm3 < 0 or self.clearance_mm < 0 or self.min_depth_mm < 0 or self.min_thickness_mm < 0:
+            raise ValueError("the minimum implant volume, depth and thickness and the clearance cannot be negative")
         if not 0 <= self.decimate < 1:
             raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
 
@@ -316,6 +317,52 @@ def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_
     return cleaned, info
 
 
+def ensure_thickness(implant: np.ndarray, skull: Volume, min_thickness_mm: float, clearance_mm: float = 0.0,
+                     step_mm: float | None = None) -> np.ndarray:
+    """The implant made at least ``min_thickness_mm`` thick, on its inner side: along each line from the centre of the
+    braincase, a voxel is added when the implant lies further out on the line and ends within ``min_thickness_mm``
+    of it. The outer surface (the head's contour) stays where it was; voxels in the bone, or closer to it than
+    ``clearance_mm``, are never added. Lines are marched in ``step_mm`` steps (default: half the finest spacing)."""
+    if min_thickness_mm <= 0 or not implant.any():
+        return implant
+    from sparseskull.synth.defects import braincase_centre
+
+    spacing = np.asarray(skull.spacing_mm, float)
+    step = float(step_mm or 0.5 * spacing.min())
+    box = _bounding_box(implant, np.ceil(min_thickness_mm / spacing) + 1)
+    part = implant[box]
+    bone = np.asarray(skull.array[box], bool)
+    free = ~bone & ~part
+    if clearance_mm > 0:
+        free &= ndimage.distance_transform_edt(~bone, sampling=spacing) > clearance_mm
+    free &= ndimage.distance_transform_edt(~part, sampling=spacing) <= min_thickness_mm
+    ijk = np.argwhere(free)
+    if not len(ijk):
+        return implant
+    offset = np.array([sl.start for sl in box])
+    lps = skull.index_to_lps(ijk + offset)
+    outward = lps - braincase_centre(skull)
+    outward /= np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
+
+    def inside(distance: float) -> np.ndarray:  # is the implant at this distance out along each voxel's line?
+        q = np.rint(skull.lps_to_index(lps + distance * outward) - offset).astype(int)
+        ok = np.all((q >= 0) & (q < np.array(part.shape)), axis=1)
+        hit = np.zeros(len(q), bool)
+        hit[ok] = part[tuple(q[ok].T)]
+        return hit
+
+    reaches = np.zeros(len(ijk), bool)
+    for distance in np.arange(step, min_thickness_mm + 1e-9, step):
+        reaches |= inside(distance)
+    beyond = np.zeros(len(ijk), bool)  # the implant goes on past the bar: already thick enough on this line
+    for distance in np.arange(min_thickness_mm + step, min_thickness_mm + 2 * spacing.max() + 1e-9, step):
+        beyond |= inside(distance)
+    add = ijk[reaches & ~beyond]
+    out = implant.copy()
+    out[tuple((add + offset).T)] = True
+    return out
+
+
 class NetworkCompleter:
     """The trained network as the pipeline's completion step: a model file (a shipped model's name, a
     path, or None for the default), on a device and a sparse backend."""
@@ -411,6 +458,10 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     stage("clean")
     implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction,
                                               options.min_depth_mm)
+    if options.min_thickness_mm > 0 and implant_array.any():
+        before = int(implant_array.sum())
+        implant_array = ensure_thickness(implant_array, skull, options.min_thickness_mm, options.clearance_mm)
+        clean_info["thickened_voxels"] = int(implant_array.sum()) - before
     implant = skull.with_array(implant_array)
     completed = skull.with_array(np.asarray(skull.array, bool) | implant_array)
     done("clean")
@@ -541,7 +592,7 @@ def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None
 
 # CompleteOptions field -> `sparseskull complete` flag; keep in step with cli.py (a test round-trips them)
 _FLAGS = {"threshold_hu": "--threshold-hu", "input_kind": "--input-kind", "model": "--model", "device": "--device", "backend": "--backend",
-          "min_implant_mm3": "--min-implant-mm3", "min_depth_mm": "--min-depth-mm", "clearance_mm": "--clearance-mm", "smoothing_iterations": "--smoothing",
+          "min_implant_mm3": "--min-implant-mm3", "min_depth_mm": "--min-depth-mm", "min_thickness_mm": "--min-thickness-mm", "clearance_mm": "--clearance-mm", "smoothing_iterations": "--smoothing",
           "decimate": "--decimate", "stl_space": "--stl-space", "threads": "--threads"}
 
 
