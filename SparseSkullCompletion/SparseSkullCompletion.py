@@ -236,6 +236,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             clearance_mm=self.ui.clearanceSpinBox.value,
             min_depth_mm=self.ui.minDepthSpinBox.value,
             min_thickness_mm=self.ui.minThicknessSpinBox.value,
+            drop_behind_bone=bool(self.ui.behindBoneCheckBox.checked),
             smoothing_iterations=int(self.ui.smoothingSpinBox.value),
         )
 

@@ -152,6 +152,31 @@ def test_cleaning_keeps_the_plate_and_drops_specks_and_floating_bits():
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
+def test_occlusion_filter_drops_a_lining_behind_intact_bone_and_keeps_the_plate(spacing):
+    """A vault (radii 63 to 70 mm, open below) with a cap cut off the top. The network's other typical mistake is
+    stood in for by a lining 5 mm inside the intact bone: seen from the braincase centre it lies
+    behind bone, so it goes, while the plate, through which the lines leave the head, stays whole."""
+    from sparseskull.metrics import dice
+    from sparseskull.pipeline import clean_implant, occlusion_filter
+
+    spacing = np.asarray(spacing)
+    shape = np.ceil(170 / spacing).astype(int)
+    x, y, z = (np.indices(shape).transpose(1, 2, 3, 0) * spacing - 85.0).transpose(3, 0, 1, 2)
+    r = np.sqrt(x**2 + y**2 + z**2)
+    shell = (r <= 70) & (r > 63) & (z > -20)
+    cap = shell & (z > 45)
+    lining = (r > 55) & (r <= 58) & (z > 0) & (z <= 35) & (x > 0)  # under intact bone (the cap starts at z = 45)
+    skull = Volume(shell & ~cap, tuple(spacing))
+    kept = occlusion_filter(cap | lining, skull)
+    assert (kept & cap).sum() >= 0.99 * cap.sum()
+    assert (kept & lining).sum() < 0.1 * lining.sum()
+    assert dice(kept, cap) > 0.97
+    assert np.array_equal(occlusion_filter(cap | lining, skull, reach_mm=0), cap | lining)
+    cleaned, info = clean_implant(cap | lining, skull, 100.0, 0.0, drop_behind_bone=True)
+    assert dice(cleaned, cap) > 0.97 and info["behind_bone_voxels"] > 0.9 * lining.sum()
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_minimum_thickness_grows_a_thin_plate_inwards_only(spacing):
     """A vault 7 mm thick (radii 63 to 70 mm, open below like the SkullFix skulls) with a cap cut off the top.
     A 2 mm plate at the outer surface, made at least 5 mm thick, must reach 5 mm in along the vertical lines,
@@ -332,7 +357,7 @@ def test_automatic_threshold_finds_the_bone(sample):
 @pytest.mark.parametrize("options", [
     CompleteOptions(),
     CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
-                    min_depth_mm=4.0, min_thickness_mm=3.5, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
+                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
 ], ids=["defaults", "every-flag"])
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""

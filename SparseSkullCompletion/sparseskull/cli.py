@@ -71,6 +71,7 @@ def complete_options(args):
     return CompleteOptions(
         threshold_hu=args.threshold_hu, input_kind=args.input_kind, model=args.model, device=args.device, backend=args.backend,
         min_implant_mm3=args.min_implant_mm3, clearance_mm=args.clearance_mm, min_thickness_mm=args.min_thickness_mm,
+        drop_behind_bone=not args.keep_behind_bone,
         smoothing_iterations=args.smoothing,
         decimate=args.decimate, stl_space=args.stl_space, skull_stl=args.skull_stl, preview=not args.no_preview, threads=args.threads,
         **({} if args.min_depth_mm is None else {"min_depth_mm": args.min_depth_mm}),
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-implant-mm3", type=float, default=100.0, help="drop implant pieces smaller than this (default 100)")
     p.add_argument("--min-depth-mm", type=float, default=None,
                    help="drop implant parts that never get this far from the bone, as layers on intact bone (default 10; 0: keep all)")
+    p.add_argument("--keep-behind-bone", action="store_true",
+                   help="keep implant parts that lie inside the cranial cavity behind intact bone (dropped by default)")
     p.add_argument("--min-thickness-mm", type=float, default=0.0,
                    help="grow the implant inwards (its outer surface stays) where it is thinner than this (default 0: off)")
     p.add_argument("--smoothing", type=int, default=20, help="windowed-sinc smoothing iterations of the STL (default 20)")

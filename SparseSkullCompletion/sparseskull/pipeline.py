@@ -51,6 +51,7 @@ class CompleteOptions:
     keep_fraction: float = 0.2  # pieces smaller than this share of the largest piece are dropped (one defect, one plate)
     min_depth_mm: float = DEFAULT_MIN_DEPTH_MM  # what never gets this far from the bone is not implant (0: keep all)
     min_thickness_mm: float = 0.0  # grow the implant inwards where it is thinner than this (0: as completed)
+    drop_behind_bone: bool = True  # drop implant parts inside the cranial cavity, behind intact bone (occlusion_filter)
     smoothing_iterations: int = 20
     decimate: float = 0.5
     stl_space: str = "LPS"  # Slicer's file convention; RAS on request
@@ -272,14 +273,63 @@ def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm
     return out
 
 
+def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0, rim_mm: float = 3.0, voxel_mm: float = 1.0) -> np.ndarray:
+    """The implant less what lies behind intact bone, seen from the centre of the braincase: an implant voxel from
+    which the line outwards meets the skull within ``reach_mm`` is inside the cranial cavity (a lining a network
+    adds under intact bone), not in the defect, where the line leaves the head through the hole. Voxels within
+    ``rim_mm`` of an unoccluded one stay, so the plate's edge under the bone's rim is kept. Computed on a grid of
+    about ``voxel_mm`` voxels around the implant."""
+    if reach_mm <= 0 or not implant.any():
+        return implant
+    from sparseskull.synth.defects import braincase_centre
+
+    spacing = np.asarray(skull.spacing_mm, float)
+    factors = np.maximum(1, np.floor(voxel_mm / spacing)).astype(int)
+    coarse_spacing = spacing * factors
+    box = _bounding_box(implant, np.ceil(reach_mm / spacing) + 2 * factors)
+    part = block_max(implant[box], factors)
+    bone = block_max(np.asarray(skull.array[box], bool), factors)
+    ijk = np.argwhere(part)
+    offset = np.array([sl.start for sl in box])
+    grid = np.diag(np.append(factors, 1.0)).astype(float)  # coarse index -> full index of the block's first voxel, shifted to its centre
+    grid[:3, 3] = offset + (factors - 1) / 2.0
+    to_lps = skull.ijk_to_lps @ grid
+    from_lps = np.linalg.inv(to_lps)
+    lps = ijk @ to_lps[:3, :3].T + to_lps[:3, 3]
+    outward = lps - braincase_centre(skull)
+    outward /= np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
+    step = 0.5 * float(coarse_spacing.min())
+    occluded = np.zeros(len(ijk), bool)
+    for distance in np.arange(step, reach_mm + 1e-9, step):
+        q = lps + distance * outward
+        c = np.rint(q @ from_lps[:3, :3].T + from_lps[:3, 3]).astype(int)
+        ok = np.all((c >= 0) & (c < np.array(bone.shape)), axis=1)
+        occluded[ok] |= bone[tuple(c[ok].T)]
+    seeds = np.zeros_like(part)
+    seeds[tuple(ijk[~occluded].T)] = True
+    if not seeds.any():
+        return np.zeros_like(implant)
+    near = ndimage.distance_transform_edt(~seeds, sampling=coarse_spacing) <= rim_mm + float(np.linalg.norm(coarse_spacing))
+    for axis, f in enumerate(factors):  # back to the full grid (blocks to voxels)
+        near = np.repeat(near, f, axis=axis)
+    out = np.zeros_like(implant)
+    shape = tuple(sl.stop - sl.start for sl in box)
+    out[box] = implant[box] & near[: shape[0], : shape[1], : shape[2]]
+    return out
+
+
 def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2,
-                  min_depth_mm: float = 0.0) -> tuple[np.ndarray, dict]:
-    """What reaches ``min_depth_mm`` into the defect (:func:`reach_filter`), clearance from the bone, then only the
-    pieces that touch the bone (the defect's rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the
-    largest such piece."""
+                  min_depth_mm: float = 0.0, drop_behind_bone: bool = False) -> tuple[np.ndarray, dict]:
+    """What reaches ``min_depth_mm`` into the defect (:func:`reach_filter`), with ``drop_behind_bone`` not behind intact
+    bone (:func:`occlusion_filter`), clearance from the bone, then only the pieces that touch the bone (the defect's
+    rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the largest such piece."""
     info = {"raw_voxels": int(implant.sum())}
     implant = reach_filter(implant, skull, min_depth_mm)
     info["shallow_voxels"] = info["raw_voxels"] - int(implant.sum())
+    if drop_behind_bone:
+        before = int(implant.sum())
+        implant = occlusion_filter(implant, skull)
+        info["behind_bone_voxels"] = before - int(implant.sum())
     if not implant.any():
         return implant, {**info, "pieces_kept": 0, "pieces_dropped": 0, "voxels": 0}
     spacing = np.asarray(skull.spacing_mm)
@@ -457,7 +507,7 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
 
     stage("clean")
     implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction,
-                                              options.min_depth_mm)
+                                              options.min_depth_mm, options.drop_behind_bone)
     if options.min_thickness_mm > 0 and implant_array.any():
         before = int(implant_array.sum())
         implant_array = ensure_thickness(implant_array, skull, options.min_thickness_mm, options.clearance_mm)
@@ -608,6 +658,8 @@ def options_to_args(options: CompleteOptions) -> list[str]:
         args.append("--skull-stl")
     if not options.preview:
         args.append("--no-preview")
+    if not options.drop_behind_bone:
+        args.append("--keep-behind-bone")
     for name in ("keep_fraction", "max_extent"):
         if getattr(options, name) != getattr(default, name):
             raise ValueError(f"{name} has no command-line flag; run complete_skull() in this process to change it")
