@@ -151,6 +151,16 @@ def test_cleaning_keeps_the_plate_and_drops_specks_and_floating_bits():
     assert with_gap.sum() == 8 * 8 * 3  # 1 mm clearance takes one voxel off the plate's four rim sides
 
 
+def _open_vault(spacing):
+    """Coordinates (mm, centred) of a 170 mm cube at ``spacing``, their radius, a vault 7 mm thick (radii 63 to 70 mm,
+    open below z = -20 like the SkullFix skulls) and the cap of it above z = 45 (the defect)."""
+    shape = np.ceil(170 / np.asarray(spacing)).astype(int)
+    x, y, z = (np.indices(shape).transpose(1, 2, 3, 0) * np.asarray(spacing) - 85.0).transpose(3, 0, 1, 2)
+    r = np.sqrt(x**2 + y**2 + z**2)
+    shell = (r <= 70) & (r > 63) & (z > -20)
+    return x, y, z, r, shell, shell & (z > 45)
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_occlusion_filter_drops_a_lining_behind_intact_bone_and_keeps_the_plate(spacing):
     """A vault (radii 63 to 70 mm, open below) with a cap cut off the top. The network's other typical mistake is
@@ -159,12 +169,7 @@ def test_occlusion_filter_drops_a_lining_behind_intact_bone_and_keeps_the_plate(
     from sparseskull.metrics import dice
     from sparseskull.pipeline import clean_implant, occlusion_filter
 
-    spacing = np.asarray(spacing)
-    shape = np.ceil(170 / spacing).astype(int)
-    x, y, z = (np.indices(shape).transpose(1, 2, 3, 0) * spacing - 85.0).transpose(3, 0, 1, 2)
-    r = np.sqrt(x**2 + y**2 + z**2)
-    shell = (r <= 70) & (r > 63) & (z > -20)
-    cap = shell & (z > 45)
+    x, y, z, r, shell, cap = _open_vault(spacing)
     lining = (r > 55) & (r <= 58) & (z > 0) & (z <= 35) & (x > 0)  # under intact bone (the cap starts at z = 45)
     skull = Volume(shell & ~cap, tuple(spacing))
     kept = occlusion_filter(cap | lining, skull)
@@ -184,12 +189,7 @@ def test_minimum_thickness_grows_a_thin_plate_inwards_only(spacing):
     must come back as it was."""
     from sparseskull.pipeline import ensure_thickness
 
-    spacing = np.asarray(spacing)
-    shape = np.ceil(170 / spacing).astype(int)
-    x, y, z = (np.indices(shape).transpose(1, 2, 3, 0) * spacing - 85.0).transpose(3, 0, 1, 2)
-    r = np.sqrt(x**2 + y**2 + z**2)
-    shell = (r <= 70) & (r > 63) & (z > -20)
-    cap = shell & (z > 45)
+    x, y, z, r, shell, cap = _open_vault(spacing)
     skull = Volume(shell & ~cap, tuple(spacing))
     thin = cap & (r > 68)
     thick = ensure_thickness(thin, skull, 5.0)

@@ -275,12 +275,7 @@ def evaluate_sr(data, out, model: str | None, cases: list[str] | None = None, li
                "task": "super-resolution", "from": info.input_resolution, "to": info.resolution, "device": str(dev), "backend": backend,
                "statistics": stats}
     with staged_output(Path(out)) as stage:
-        with open(stage / "cases.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _write_table(rows, summary, stage)
         _sr_boxplot(rows, stage / "boxplots.png", f"{name}: super-resolution {info.input_resolution} -> {info.resolution}, {len(rows)} skulls")
         lines = [f"# Super-resolution `{name}` ({info.input_resolution} -> {info.resolution}) on {len(rows)} skulls of `{data}`", "",
                  "Each complete skull's copy at the coarse resolution, upsampled, against its copy at the fine one.", "",
@@ -312,6 +307,16 @@ def _sr_boxplot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _write_table(rows: list[dict], summary: dict, stage: Path) -> None:
+    """``cases.csv`` (one row per case) and ``summary.json`` into ``stage``."""
+    with open(stage / "cases.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
 def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> dict:
     """cases.csv, summary.json, boxplots.png and report.md into ``stage``; returns the summary."""
     stats = summarise(rows)
@@ -321,12 +326,7 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> 
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
                     "device": str(completer.device), "backend": completer.backend, "statistics": stats})
-    with open(stage / "cases.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _write_table(rows, summary, stage)
     methods = [(completer.name, "")] + [(b, f"{b}_") for b in baselines]
     _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}", methods)
     lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",

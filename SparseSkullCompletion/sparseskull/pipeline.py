@@ -245,6 +245,20 @@ def _bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _near_seeds(implant: np.ndarray, box, seeds: np.ndarray, factors, coarse_spacing, within_mm: float) -> np.ndarray:
+    """The implant's voxels within ``within_mm`` (plus a coarse voxel's diagonal) of ``seeds``, a mask on the coarse
+    grid of ``factors`` blocks over ``box``; empty when there is no seed."""
+    out = np.zeros_like(implant)
+    if not seeds.any():
+        return out
+    near = ndimage.distance_transform_edt(~seeds, sampling=coarse_spacing) <= within_mm + float(np.linalg.norm(coarse_spacing))
+    for axis, f in enumerate(factors):  # back to the full grid (blocks to voxels)
+        near = np.repeat(near, f, axis=axis)
+    shape = tuple(sl.stop - sl.start for sl in box)
+    out[box] = implant[box] & near[: shape[0], : shape[1], : shape[2]]
+    return out
+
+
 def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm: float = 2.0, voxel_mm: float = 1.0) -> np.ndarray:
     """The implant less what never gets ``min_depth_mm`` away from the bone. A plate that fills a hole reaches
     deep into it, while the layers a network adds along intact bone stay within a few millimetres of it.
@@ -263,14 +277,7 @@ def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm
     depth = ndimage.distance_transform_edt(~block_max(np.asarray(skull.array[box], bool), factors), sampling=coarse_spacing)
     depth[~part] = 0
     bar = min(min_depth_mm, 0.5 * float(depth.max()))
-    seeds = depth > bar
-    near = ndimage.distance_transform_edt(~seeds, sampling=coarse_spacing) <= bar + rim_mm + float(np.linalg.norm(coarse_spacing))
-    for axis, f in enumerate(factors):  # back to the full grid (blocks to voxels)
-        near = np.repeat(near, f, axis=axis)
-    out = np.zeros_like(implant)
-    shape = tuple(sl.stop - sl.start for sl in box)
-    out[box] = implant[box] & near[: shape[0], : shape[1], : shape[2]]
-    return out
+    return _near_seeds(implant, box, depth > bar, factors, coarse_spacing, bar + rim_mm)
 
 
 def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0, rim_mm: float = 3.0, voxel_mm: float = 1.0) -> np.ndarray:
@@ -307,15 +314,7 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
         occluded[ok] |= bone[tuple(c[ok].T)]
     seeds = np.zeros_like(part)
     seeds[tuple(ijk[~occluded].T)] = True
-    if not seeds.any():
-        return np.zeros_like(implant)
-    near = ndimage.distance_transform_edt(~seeds, sampling=coarse_spacing) <= rim_mm + float(np.linalg.norm(coarse_spacing))
-    for axis, f in enumerate(factors):  # back to the full grid (blocks to voxels)
-        near = np.repeat(near, f, axis=axis)
-    out = np.zeros_like(implant)
-    shape = tuple(sl.stop - sl.start for sl in box)
-    out[box] = implant[box] & near[: shape[0], : shape[1], : shape[2]]
-    return out
+    return _near_seeds(implant, box, seeds, factors, coarse_spacing, rim_mm)
 
 
 def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2,
