@@ -195,3 +195,22 @@ def test_record_writes_the_scores_beside_the_model_tied_to_its_weights(tiny_data
     recorded["model_sha256"] = "0" * 64  # scores measured on other weights are not shown
     (tmp_path / "mine.evaluation.json").write_text(json.dumps(recorded))
     assert entry.evaluation is None
+
+
+def test_super_resolution_scoring_puts_the_output_back_where_the_input_was(tiny_data):
+    """A stand-in network that returns its input: its score must be the nearest upsampling's, exactly, so the
+    shift that places the skull as in training is undone on the way out."""
+    from types import SimpleNamespace
+
+    from sparseskull.dataset import find_cases
+    from sparseskull.evaluate import score_sr_case
+    from sparseskull.weights import ModelInfo
+
+    class Echo:
+        def __call__(self, x, tau=0.0):
+            return SimpleNamespace(output=x)
+
+    info = ModelInfo(channels=(1,) * 7, task="super-resolution", resolution=128, input_resolution=64, spacing_mm=(1.0, 1.0, 1.0))
+    case = next(c for c in find_cases(tiny_data) if c.complete is not None)
+    row = score_sr_case(case, Echo(), info, "cpu")
+    assert row["sr_dsc"] == pytest.approx(row["nearest_dsc"]) and row["nearest_dsc"] > 0.7

@@ -20,7 +20,7 @@ import numpy as np
 from sparseskull.dataset import find_cases
 from sparseskull.io import read_mask, staged_output
 from sparseskull.metrics import dice, implant_metrics, reconstruction_error
-from sparseskull.pipeline import CompleteOptions, NetworkCompleter, complete_skull
+from sparseskull.pipeline import GRID_MARGIN, CompleteOptions, NetworkCompleter, complete_skull
 
 METRICS = ("completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "implant_hd95_mm")
 
@@ -229,13 +229,17 @@ def score_sr_case(case, model, info, device, backend: str = "torch") -> dict:
     factor = info.resolution // info.input_resolution
     nearest = upsample_nearest(coarse, factor, fine.shape)
     ijk = np.argwhere(nearest)
+    # the skull's corner where training put it (a few voxels in, as the pipeline's model grid does): a network with
+    # six stride-2 levels answers differently when its input moves by other than a multiple of 64 voxels
+    shift = ijk.min(axis=0) - GRID_MARGIN
+    ijk = ijk - shift
     x = SparseTensor.from_coords(torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], 1)).to(device),
                                  torch.ones(len(ijk), 1, device=device))
     with torch.inference_mode():
         out = model(to_backend(x, backend), tau=info.tau)
     pred = np.zeros_like(fine)
     if out.output is not None:
-        c = from_backend(out.output).coords[:, 1:].cpu().numpy()
+        c = from_backend(out.output).coords[:, 1:].cpu().numpy() + shift
         c = c[np.all((c >= 0) & (c < np.array(fine.shape)), axis=1)]
         pred[tuple(c.T)] = True
     return {"case": case.case_id, "defect_class": "", "sr_dsc": dice(pred, fine), "interp_dsc": dice(upsample_linear(coarse, factor, fine.shape), fine),

@@ -157,7 +157,10 @@ class ModelGrid:
         return tuple(int(s * f) for s, f in zip(self.shape, self.factors))
 
 
-def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: float, margin: int = 4) -> tuple[np.ndarray, ModelGrid]:
+GRID_MARGIN = 4  # coarse voxels between the skull's corner and the model grid's: within the training shifts (0-8)
+
+
+def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: float, margin: int = GRID_MARGIN) -> tuple[np.ndarray, ModelGrid]:
     """The skull block-averaged to the model's spacing (a coarse voxel is bone when at least half its
     block is, as the training copies were made), cropped to the skull with ``margin`` voxels of room."""
     factors = model_factors(skull, model_spacing)
