@@ -109,3 +109,9 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     assert f"{shipped.info.metrics['val_implant_dsc']:.3f}" in default_row.split("|")[-1]
     yours = next(line for line in lines if "(yours)" in line)
     assert yours.split("|")[1].split() == ["-", "-", "-"]
+    from sparseskull.models import available_models
+
+    baselines = [m for m in available_models(baselines=True) if m.baseline]
+    assert [m.name for m in baselines] == ["dense-ch1-64"], "the dense baseline ships for evaluate"
+    assert any(line.startswith("dense-ch1-64 (baseline)") for line in lines)
+    assert not any(m.baseline for m in available_models()), "but is never offered for completing a skull (Slicer's list)"
