@@ -125,3 +125,14 @@ def test_rasterize_matches_brute_force_evaluation():
     brute = (sdf(shapes.grid_points(grid, ijk)) < 0).reshape(grid.shape)
     assert brute.sum() > 1000
     assert np.array_equal(fast, brute)
+
+
+def test_a_given_spacing_replaces_the_random_one_and_keeps_the_skull():
+    """`spacing_mm` (used to make training skulls on a model's own voxels) sets the grid's spacing; the skull's
+    shape, drawn from the same seed, stays the same."""
+    a = generate_skull(11, size=64)
+    b = generate_skull(11, size=64, spacing_mm=(3.7, 3.7, 5.0))
+    assert np.allclose(b.mask.spacing_mm, (3.7, 3.7, 5.0))
+    assert a.shape.half_length == b.shape.half_length and a.shape.thickness == b.shape.thickness  # the same shape
+    volume = [s.mask.array.sum() * s.mask.voxel_volume_mm3 for s in (a, b)]
+    assert abs(volume[1] / volume[0] - 1) < 0.15

@@ -218,14 +218,18 @@ def to_lps(shape: SkullShape, q: np.ndarray) -> np.ndarray:
 # the CT grid
 
 
-def random_grid(rng: np.random.Generator, shape: SkullShape, size: int = 512) -> Volume:
+def random_grid(rng: np.random.Generator, shape: SkullShape, size: int = 512, spacing_mm=None) -> Volume:
     """A head-CT grid around the skull: size x size x Z, CT-like spacing, maybe a gantry tilt.
 
     Z is whatever covers the skull from below the maxilla to above the vertex (plus a margin),
     so it varies between cases with the skull's size, the slice spacing and the tilt.
+    ``spacing_mm``: (in-plane, in-plane, slice) instead of random ones (e.g. a multiple of a model's spacing).
     """
-    spacing_xy = rng.uniform(0.43, 0.50) * 512 / size
-    spacing_z = rng.uniform(0.5, 1.25) * 512 / size
+    if spacing_mm is None:
+        spacing_xy = rng.uniform(0.43, 0.50) * 512 / size
+        spacing_z = rng.uniform(0.5, 1.25) * 512 / size
+    else:
+        spacing_xy, spacing_z = float(spacing_mm[0]), float(spacing_mm[2])
     tilt = np.deg2rad(rng.uniform(5.0, 20.0)) if rng.random() < 1 / 3 else 0.0
     direction = np.array([[1, 0, 0], [0, np.cos(tilt), np.sin(tilt)], [0, -np.sin(tilt), np.cos(tilt)]])
     spacing = np.array([spacing_xy, spacing_xy, spacing_z])
@@ -251,13 +255,14 @@ class SyntheticSkull:
     seed: int
 
 
-def generate_skull(seed: int, size: int = 512, grid: Volume | None = None) -> SyntheticSkull:
-    """The complete skull for ``seed`` on a ``size`` x ``size`` x Z grid (or on ``grid``)."""
+def generate_skull(seed: int, size: int = 512, grid: Volume | None = None, spacing_mm=None) -> SyntheticSkull:
+    """The complete skull for ``seed`` on a ``size`` x ``size`` x Z grid (or on ``grid``); ``spacing_mm``: the
+    grid's spacing instead of a random one."""
     rng = np.random.default_rng(seed)
     max_half = 0.5 * 0.43 * 512 - 12.0
     shape = random_shape(rng, max_half_length=max_half)
     grid_rng = np.random.default_rng([seed, 1])
-    grid = grid if grid is not None else random_grid(grid_rng, shape, size)
+    grid = grid if grid is not None else random_grid(grid_rng, shape, size, spacing_mm)
     factor = max(1, min(4, size // 64))
     mask = shapes.rasterize(skull_sdf(shape), grid, factor=factor)
     return SyntheticSkull(grid.with_array(mask), shape, seed)
