@@ -99,6 +99,16 @@ def test_loader_reads_skullfix_skullbreak_and_complete_only_layouts(small_set, t
     assert [(c.case_id, c.defect_class) for c in fixed] == [("000", None), ("001", None)]
     assert all(c.complete and c.implant for c in fixed)
 
+    # a complete skull added without a defective one (generated skulls mixed into a SkullFix folder) is a case too:
+    # training cuts its defects on the fly
+    shutil.copy(out / "complete_skull" / "001.nrrd", fix / "complete_skull" / "gen000.nrrd")
+    mixed = find_cases(fix)
+    assert [(c.case_id, c.defective is None) for c in mixed] == [("000", False), ("001", False), ("gen000", True)]
+    from sparseskull.pairs import load_skulls
+
+    skulls = load_skulls(fix, 64)
+    assert [s.case_id for s in skulls] == ["000", "001", "gen000"] and [len(s.defects) for s in skulls] == [1, 1, 0]
+
     only = tmp_path / "only"
     shutil.copytree(out / "complete_skull", only / "complete_skull")
     assert detect_layout(only) == "complete-only"

@@ -93,6 +93,9 @@ def find_cases(root: str | os.PathLike, resolution: int | None = None, classes: 
         defective, implant, ct = _images(root / DEFECTIVE), _images(root / IMPLANT), _images(root / CT)
         for cid, path in defective.items():
             cases.append(Case(cid, None, complete.get(cid), path, implant.get(cid), ct.get(cid)))
+        # complete skulls without a defective one beside them (e.g. generated skulls added to a SkullFix folder):
+        # training cuts their defects on the fly; evaluation, which needs a defect, leaves them out
+        cases += [Case(cid, None, path, None, None) for cid, path in complete.items() if cid not in defective]
     elif layout == "skullbreak":
         for class_dir in sorted(p for p in (root / DEFECTIVE).iterdir() if p.is_dir()):
             cls = class_dir.name
