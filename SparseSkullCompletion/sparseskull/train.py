@@ -580,6 +580,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "data": str(config.data),
             "train_skulls": len(train_skulls),
             "val_skulls": len(val_skulls),
+            "val_case_ids": [s.case_id for s in val_skulls],
             "steps": config.steps,
             "batch_size": config.batch_size,
             "lr": config.lr,
