@@ -8,7 +8,9 @@ out of every training stage, the total steps and time over the ``--init`` chain,
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
+from pathlib import Path
 
 from sparseskull.models import models_dir
 from sparseskull.weights import load_model, save_model
@@ -32,7 +34,11 @@ def main() -> int:
     a = p.parse_args()
     model, info = load_model(a.model)
     stages = _chain(info.training)
-    training = {**info.training, "stage_val_case_ids": info.training.get("val_case_ids"), "val_case_ids": list(a.held_out),
+    stage_val = info.training.get("val_case_ids")
+    config = Path(a.model).parent / "config.json"  # a run folder's record, for model files that predate val_case_ids
+    if stage_val is None and config.is_file():
+        stage_val = json.loads(config.read_text()).get("val_skulls")
+    training = {**info.training, "stage_val_case_ids": stage_val, "val_case_ids": list(a.held_out),
                 "total_steps": sum(int(t.get("steps", 0)) for t in stages),
                 "total_seconds": round(sum(float(t.get("seconds", 0.0)) for t in stages), 1), "hardware": a.hardware}
     target = models_dir() / f"{a.name}.safetensors"
