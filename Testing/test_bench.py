@@ -56,3 +56,13 @@ def test_bench_network_rows_ratios_points_and_plot(tmp_path, capsys):
     tight = bench_network(None, resolutions=(64,), backends=("torch",), modes=("inference",), dense=False, steps=1, threads=1,
                           memory_limit_gib=0.3)
     assert tight["rows"][0]["error"].startswith("does not fit"), tight["rows"][0]
+
+
+def test_bench_train_measures_each_batch_size_in_its_own_process():
+    """`sparseskull bench train --batch-sizes` (the paper's Table 5): a row per batch size, the batch made of copies."""
+    from sparseskull.bench import bench_train
+
+    result = bench_train(resolutions=(64,), batch_sizes=(1, 4), steps=1, threads=1)
+    rows = {r["batch"]: r for r in result["rows"]}
+    assert set(rows) == {1, 4} and all("step_s" in r and r["peak_mib"] > 0 for r in rows.values())
+    assert rows[4]["input_voxels"] == 4 * rows[1]["input_voxels"] and rows[4]["target_voxels"] == 4 * rows[1]["target_voxels"]

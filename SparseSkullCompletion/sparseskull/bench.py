@@ -210,8 +210,8 @@ def bench_engine(grids=(128, 256), backends=None, threads: int = 2, json_path: s
     return result
 
 
-def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict:
-    """Time ``steps`` training steps (batch 1, Adam) after two warm-up steps, in this process."""
+def _train_steps(pair_file: str, backend: str, threads: int, steps: int, batch: int = 1) -> dict:
+    """Time ``steps`` training steps (Adam; ``batch`` copies of the pair) after two warm-up steps, in this process."""
     import numpy as np
     import torch
 
@@ -222,7 +222,7 @@ def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     data = np.load(pair_file)
-    x, target = collate([Pair(data["inputs"], data["target"], "bench", "parietotemporal")])
+    x, target = collate([Pair(data["inputs"], data["target"], "bench", "parietotemporal")] * batch)
     model = SparseCompletionNet("ch1").train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     times, kept = [], None
@@ -236,14 +236,16 @@ def _train_steps(pair_file: str, backend: str, threads: int, steps: int) -> dict
         if i >= 2:
             times.append(time.perf_counter() - t0)
         kept = [lvl.kept for lvl in out.levels]
-    return {"backend": backend, "input_voxels": len(x), "target_voxels": len(target), "step_s": round(statistics.median(times), 3),
+    return {"backend": backend, "batch": batch, "input_voxels": len(x), "target_voxels": len(target), "step_s": round(statistics.median(times), 3),
             "kept_per_level": kept, "peak_mib": _peak_mib(), "threads": threads}
 
 
-def bench_train(resolutions=(64, 128, 256), backends=("torch",), steps: int = 5, threads: int = 2, seed: int = 5, json_path: str | None = None) -> dict:
-    """Per resolution and backend: median seconds per training step (batch 1) and peak memory, on one
-    generated skull with a parietotemporal defect, the network untrained (it keeps more points than
-    a trained one, so these are upper bounds)."""
+def bench_train(resolutions=(64, 128, 256), backends=("torch",), steps: int = 5, threads: int = 2, seed: int = 5, json_path: str | None = None,
+                batch_sizes=(1,)) -> dict:
+    """Per resolution, backend and batch size: median seconds per training step and peak memory (each in its own
+    process), on one generated skull with a parietotemporal defect (a batch is copies of it), the network
+    untrained (it keeps more points than a trained one, so these are upper bounds). Several batch sizes at 64
+    are the paper's Table 5."""
     import tempfile
 
     import numpy as np
@@ -263,17 +265,18 @@ def bench_train(resolutions=(64, 128, 256), backends=("torch",), steps: int = 5,
             pair_file = str(Path(tmp) / f"pair{res}.npz")
             np.savez(pair_file, inputs=inputs, target=target)
             for backend in backends:
-                cmd = [sys.executable, "-m", "sparseskull.bench", "train", pair_file, backend, str(threads), str(steps)]
-                run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-                row = {"resolution": res, "grid": list(complete.shape)}
-                if run.returncode != 0:
-                    row.update(backend=backend, error=(run.stderr.strip().splitlines() or ["failed"])[-1])
-                else:
-                    row.update(json.loads(run.stdout.strip().splitlines()[-1]))
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
+                for batch in batch_sizes:
+                    cmd = [sys.executable, "-m", "sparseskull.bench", "train", pair_file, backend, str(threads), str(steps), str(batch)]
+                    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                    row = {"resolution": res, "grid": list(complete.shape)}
+                    if run.returncode != 0:
+                        row.update(backend=backend, batch=batch, error=(run.stderr.strip().splitlines() or ["failed"])[-1])
+                    else:
+                        row.update(json.loads(run.stdout.strip().splitlines()[-1]))
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
     result = {"threads": threads, "steps": steps, "rows": rows, "ratios": {}}
-    by = {(r["resolution"], r["backend"]): r for r in rows if "step_s" in r}
+    by = {(r["resolution"], r["backend"]): r for r in rows if "step_s" in r and r["batch"] == batch_sizes[0]}
     for (res, backend), r in by.items():
         if backend != "torch" and (res, "torch") in by:
             result["ratios"][f"{res}: torch_vs_{backend}_step"] = round(by[(res, "torch")]["step_s"] / r["step_s"], 3)
@@ -618,7 +621,7 @@ if __name__ == "__main__":
         for row in profile_inference(sys.argv[2], *(sys.argv[3:4] or ["torch"])):
             print(json.dumps(row))
     elif sys.argv[1] == "train":
-        print(json.dumps(_train_steps(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+        print(json.dumps(_train_steps(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int((sys.argv[6:7] or ["1"])[0]))))
     else:
         grid, backend, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
         print(json.dumps(_run_one(grid, backend, threads)))

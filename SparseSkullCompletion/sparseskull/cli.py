@@ -190,13 +190,15 @@ def _cmd_bench(args) -> int:
     if args.what == "network":
         return _bench_network(args)
     if args.what == "train":
-        result = bench_train(args.resolutions or [64, 128, 256], args.backends or ["torch"], steps=args.steps or 5, threads=args.threads, json_path=args.json)
-        print(f"{'res':>4} {'grid':>16} {'backend':>10} {'input vox':>10} {'target vox':>10} {'s/step':>7} {'peak MiB':>9}")
+        result = bench_train(args.resolutions or [64, 128, 256], args.backends or ["torch"], steps=args.steps or 5, threads=args.threads, json_path=args.json,
+                             batch_sizes=args.batch_sizes)
+        print(f"{'res':>4} {'grid':>16} {'backend':>10} {'batch':>5} {'input vox':>10} {'target vox':>10} {'s/step':>7} {'peak MiB':>9}")
         for r in result["rows"]:
+            head = f"{r['resolution']:>4} {'x'.join(map(str, r['grid'])):>16} {r['backend']:>10} {r['batch']:>5}"
             if "step_s" in r:
-                print(f"{r['resolution']:>4} {'x'.join(map(str, r['grid'])):>16} {r['backend']:>10} {r['input_voxels']:>10,} {r['target_voxels']:>10,} {r['step_s']:>7.3f} {r['peak_mib']:>9.0f}")
+                print(f"{head} {r['input_voxels']:>10,} {r['target_voxels']:>10,} {r['step_s']:>7.3f} {r['peak_mib']:>9.0f}")
             else:
-                print(f"{r['resolution']:>4} {'x'.join(map(str, r['grid'])):>16} {r['backend']:>10}  {r.get('error')}")
+                print(f"{head}  {r.get('error')}")
         print(f"ratios: {json.dumps(result['ratios'])}")
         return 0
 
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dense", action="store_true", help="network: skip the dense counterpart")
     p.add_argument("--memory-limit-gib", type=float, default=None, help="network: address-space limit per measurement (default 80%% of RAM)")
     p.add_argument("--plot", default=None, help="network: write the curves (time and memory against resolution; time against voxels) to this PNG")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="train: skulls per step, each size in its own process "
+                                                                            "(e.g. --resolutions 64 --batch-sizes 2 4 8 16 32: the paper's Table 5)")
     p.add_argument("--grids", type=int, nargs="+", default=[128, 256], help="cube sizes (default 128 256)")
     p.add_argument("--big", action="store_true", help="add 512^3 (about 9 GiB and minutes per backend)")
     p.add_argument("--backends", nargs="+", default=None, help="torch minkowski spconv dense (default: every installed one, and dense)")
