@@ -293,14 +293,11 @@ NETWORK_RESOLUTIONS = (64, 128, 256, 512)
 
 def _dense_grid(coords, shape):
     """The (1, 1, X, Y, Z) occupancy grid of voxel coordinates, each size rounded up to the network's total stride."""
-    import torch
+    import numpy as np
 
-    from sparseskull.model import TOTAL_STRIDE
+    from sparseskull.dense_baseline import densify, grid_shape
 
-    size = [-(-max(int(n), int(c) + 1) // TOTAL_STRIDE) * TOTAL_STRIDE for n, c in zip(shape, coords.max(axis=0))]
-    grid = torch.zeros((1, 1, *size))
-    grid[0, 0, coords[:, 0], coords[:, 1], coords[:, 2]] = 1.0
-    return grid
+    return densify([coords], grid_shape(np.maximum(np.asarray(shape), coords.max(axis=0) + 1)))
 
 
 def _network_one(pair_file: str, mode: str, kind: str, backend: str, threads: int, steps: int, weights: str | None) -> dict:

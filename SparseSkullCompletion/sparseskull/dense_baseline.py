@@ -24,6 +24,7 @@ from torch import nn
 
 from sparseskull.augment import Augmentation
 from sparseskull.dense_model import DenseCompletionNet, dice_loss
+from sparseskull.metrics import dice
 from sparseskull.model import TOTAL_STRIDE, parse_channels
 from sparseskull.pairs import PairSampler, load_skulls, split
 from sparseskull.synth.defects import DEFECT_CLASSES
@@ -65,11 +66,6 @@ def complete_dense(model: DenseCompletionNet, coarse: np.ndarray, threshold: flo
     return coarse | (prob > threshold)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
-
-
 def validate(model: DenseCompletionNet, pairs) -> dict:
     """Mean completion DSC and implant DSC (added voxels against complete minus input) on fixed pairs."""
     model.eval()
@@ -78,8 +74,8 @@ def validate(model: DenseCompletionNet, pairs) -> dict:
         shape = tuple(int(max(p.inputs[:, i].max(), p.target[:, i].max()) + 1) for i in range(3))
         x, t = (densify([c], shape)[0, 0].numpy() > 0 for c in (p.inputs, p.target))
         pred = complete_dense(model, x)
-        dsc.append(_dice(pred, t))
-        implant.append(_dice(pred & ~x, t & ~x))
+        dsc.append(dice(pred, t))
+        implant.append(dice(pred & ~x, t & ~x))
     model.train()
     return {"dsc": float(np.mean(dsc)), "implant_dsc": float(np.mean(implant))}
 

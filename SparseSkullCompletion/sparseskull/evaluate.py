@@ -217,12 +217,9 @@ def score_sr_case(case, model, info, device, backend: str = "torch") -> dict:
     """One complete skull, as the paper scores super-resolution: its copy at the model's input resolution,
     upsampled to the model's resolution (nearest: the network's input) and completed there by the
     network, against the copy at the model's resolution; beside it the trilinear interpolation baseline."""
-    import torch
-
     from sparseskull.pairs import read_at, upsample_nearest
+    from sparseskull.pipeline import network_points
     from sparseskull.resample import upsample_linear
-    from sparseskull.sparse.backends import from_backend, to_backend
-    from sparseskull.sparse.tensor import SparseTensor
 
     t0 = time.perf_counter()
     fine = np.asarray(read_at(case.complete, info.resolution).array, bool)
@@ -233,16 +230,9 @@ def score_sr_case(case, model, info, device, backend: str = "torch") -> dict:
     # the skull's corner where training put it (a few voxels in, as the pipeline's model grid does): a network with
     # six stride-2 levels answers differently when its input moves by other than a multiple of 64 voxels
     shift = ijk.min(axis=0) - GRID_MARGIN
-    ijk = ijk - shift
-    x = SparseTensor.from_coords(torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], 1)).to(device),
-                                 torch.ones(len(ijk), 1, device=device))
-    with torch.inference_mode():
-        out = model(to_backend(x, backend), tau=info.tau)
+    c = network_points(model, ijk - shift, backend, device, info.tau) + shift
     pred = np.zeros_like(fine)
-    if out.output is not None:
-        c = from_backend(out.output).coords[:, 1:].cpu().numpy() + shift
-        c = c[np.all((c >= 0) & (c < np.array(fine.shape)), axis=1)]
-        pred[tuple(c.T)] = True
+    pred[tuple(c[np.all((c >= 0) & (c < np.array(fine.shape)), axis=1)].T)] = True
     return {"case": case.case_id, "defect_class": "", "sr_dsc": dice(pred, fine), "interp_dsc": dice(upsample_linear(coarse, factor, fine.shape), fine),
             "nearest_dsc": dice(nearest, fine), "sr_re": reconstruction_error(pred, fine), "seconds": time.perf_counter() - t0}
 

@@ -147,4 +147,4 @@ def registered_models() -> list[ShippedModel]:
 
 def available_models(baselines: bool = False) -> list[ShippedModel]:
     """The shipped models, then the user's registered ones (``baselines``: the dense baseline too)."""
-    return [m for m in list_models(baselines=baselines) + registered_models() if baselines or not m.baseline]
+    return [m for m in list_models(baselines=True) + registered_models() if baselines or not m.baseline]

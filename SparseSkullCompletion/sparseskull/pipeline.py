@@ -181,21 +181,26 @@ def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: flo
     return coarse, ModelGrid(lo, factors, shape, margin)
 
 
-def run_network(model, coarse: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
-    """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4)."""
+def network_points(model, ijk: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
+    """The voxel coordinates (M x 3) the network outputs for input voxels ``ijk`` (N x 3, one skull), in inference."""
     import torch
 
     from sparseskull.sparse.backends import from_backend, to_backend
     from sparseskull.sparse.tensor import SparseTensor
 
-    ijk = np.argwhere(coarse)
-    if len(ijk) == 0:
-        raise InputError("the skull vanishes at the model's resolution (too thin or too small for this model)")
     coords = torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], axis=1)).to(device)
     x = SparseTensor.from_coords(coords, torch.ones(len(coords), 1, device=device))
     with torch.inference_mode():
         out = model(to_backend(x, backend), tau=tau)
-    pred = from_backend(out.output).coords[:, 1:].cpu().numpy() if out.output is not None else np.zeros((0, 3), int)
+    return from_backend(out.output).coords[:, 1:].cpu().numpy() if out.output is not None else np.zeros((0, 3), int)
+
+
+def run_network(model, coarse: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
+    """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4)."""
+    ijk = np.argwhere(coarse)
+    if len(ijk) == 0:
+        raise InputError("the skull vanishes at the model's resolution (too thin or too small for this model)")
+    pred = network_points(model, ijk, backend, device, tau)
     inside = np.all((pred >= 0) & (pred < np.array(coarse.shape)), axis=1)
     completed = coarse.copy()
     completed[tuple(pred[inside].T)] = True
@@ -262,6 +267,34 @@ def _near_seeds(implant: np.ndarray, box, seeds: np.ndarray, factors, coarse_spa
     return out
 
 
+def _coarse_around(implant: np.ndarray, skull: Volume, margin_mm: float, voxel_mm: float):
+    """The box around the implant widened by ``margin_mm``, and on a grid of about ``voxel_mm`` blocks over it: the
+    block sizes, their spacing, and the implant and the bone max-pooled to it."""
+    spacing = np.asarray(skull.spacing_mm, float)
+    factors = np.maximum(1, np.floor(voxel_mm / spacing)).astype(int)
+    box = _bounding_box(implant, np.ceil(margin_mm / spacing) + 2 * factors)
+    return box, factors, spacing * factors, block_max(implant[box], factors), block_max(np.asarray(skull.array[box], bool), factors)
+
+
+def _outwards(skull: Volume, lps: np.ndarray) -> np.ndarray:
+    """Unit directions (N x 3) from the centre of the skull's braincase out through each point."""
+    from sparseskull.synth.defects import braincase_centre
+
+    outward = lps - braincase_centre(skull)
+    return outward / np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
+
+
+def _meets(mask: np.ndarray, to_index, lps: np.ndarray, outward: np.ndarray, distances) -> np.ndarray:
+    """For each point, whether ``mask`` holds any of the points ``distances`` mm out along its line (``to_index``:
+    LPS to ``mask``'s fractional indices; points off the mask count as empty)."""
+    hit = np.zeros(len(lps), bool)
+    for distance in distances:
+        c = np.rint(to_index(lps + distance * outward)).astype(int)
+        ok = np.all((c >= 0) & (c < np.array(mask.shape)), axis=1)
+        hit[ok] |= mask[tuple(c[ok].T)]
+    return hit
+
+
 def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm: float = 2.0, voxel_mm: float = 1.0) -> np.ndarray:
     """The implant less what never gets ``min_depth_mm`` away from the bone. A plate that fills a hole reaches
     deep into it, while the layers a network adds along intact bone stay within a few millimetres of it.
@@ -272,12 +305,8 @@ def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm
     transforms of a full-resolution skull take many seconds and the bar needs no finer."""
     if min_depth_mm <= 0 or not implant.any():
         return implant
-    spacing = np.asarray(skull.spacing_mm, float)
-    factors = np.maximum(1, np.floor(voxel_mm / spacing)).astype(int)
-    coarse_spacing = spacing * factors
-    box = _bounding_box(implant, np.ceil((min_depth_mm + rim_mm) / spacing) + 2 * factors)
-    part = block_max(implant[box], factors)
-    depth = ndimage.distance_transform_edt(~block_max(np.asarray(skull.array[box], bool), factors), sampling=coarse_spacing)
+    box, factors, coarse_spacing, part, bone = _coarse_around(implant, skull, min_depth_mm + rim_mm, voxel_mm)
+    depth = ndimage.distance_transform_edt(~bone, sampling=coarse_spacing)
     depth[~part] = 0
     bar = min(min_depth_mm, 0.5 * float(depth.max()))
     return _near_seeds(implant, box, depth > bar, factors, coarse_spacing, bar + rim_mm)
@@ -291,14 +320,7 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
     about ``voxel_mm`` voxels around the implant."""
     if reach_mm <= 0 or not implant.any():
         return implant
-    from sparseskull.synth.defects import braincase_centre
-
-    spacing = np.asarray(skull.spacing_mm, float)
-    factors = np.maximum(1, np.floor(voxel_mm / spacing)).astype(int)
-    coarse_spacing = spacing * factors
-    box = _bounding_box(implant, np.ceil(reach_mm / spacing) + 2 * factors)
-    part = block_max(implant[box], factors)
-    bone = block_max(np.asarray(skull.array[box], bool), factors)
+    box, factors, coarse_spacing, part, bone = _coarse_around(implant, skull, reach_mm, voxel_mm)
     ijk = np.argwhere(part)
     offset = np.array([sl.start for sl in box])
     grid = np.diag(np.append(factors, 1.0)).astype(float)  # coarse index -> full index of the block's first voxel, shifted to its centre
@@ -306,15 +328,9 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
     to_lps = skull.ijk_to_lps @ grid
     from_lps = np.linalg.inv(to_lps)
     lps = ijk @ to_lps[:3, :3].T + to_lps[:3, 3]
-    outward = lps - braincase_centre(skull)
-    outward /= np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
     step = 0.5 * float(coarse_spacing.min())
-    occluded = np.zeros(len(ijk), bool)
-    for distance in np.arange(step, reach_mm + 1e-9, step):
-        q = lps + distance * outward
-        c = np.rint(q @ from_lps[:3, :3].T + from_lps[:3, 3]).astype(int)
-        ok = np.all((c >= 0) & (c < np.array(bone.shape)), axis=1)
-        occluded[ok] |= bone[tuple(c[ok].T)]
+    occluded = _meets(bone, lambda q: q @ from_lps[:3, :3].T + from_lps[:3, 3], lps, _outwards(skull, lps),
+                      np.arange(step, reach_mm + 1e-9, step))
     seeds = np.zeros_like(part)
     seeds[tuple(ijk[~occluded].T)] = True
     return _near_seeds(implant, box, seeds, factors, coarse_spacing, rim_mm)
@@ -377,8 +393,6 @@ def ensure_thickness(implant: np.ndarray, skull: Volume, min_thickness_mm: float
     ``clearance_mm``, are never added. Lines are marched in ``step_mm`` steps (default: half the finest spacing)."""
     if min_thickness_mm <= 0 or not implant.any():
         return implant
-    from sparseskull.synth.defects import braincase_centre
-
     spacing = np.asarray(skull.spacing_mm, float)
     step = float(step_mm or 0.5 * spacing.min())
     box = _bounding_box(implant, np.ceil(min_thickness_mm / spacing) + 1)
@@ -393,22 +407,14 @@ def ensure_thickness(implant: np.ndarray, skull: Volume, min_thickness_mm: float
         return implant
     offset = np.array([sl.start for sl in box])
     lps = skull.index_to_lps(ijk + offset)
-    outward = lps - braincase_centre(skull)
-    outward /= np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
+    outward = _outwards(skull, lps)
 
-    def inside(distance: float) -> np.ndarray:  # is the implant at this distance out along each voxel's line?
-        q = np.rint(skull.lps_to_index(lps + distance * outward) - offset).astype(int)
-        ok = np.all((q >= 0) & (q < np.array(part.shape)), axis=1)
-        hit = np.zeros(len(q), bool)
-        hit[ok] = part[tuple(q[ok].T)]
-        return hit
+    def to_index(q: np.ndarray) -> np.ndarray:
+        return skull.lps_to_index(q) - offset
 
-    reaches = np.zeros(len(ijk), bool)
-    for distance in np.arange(step, min_thickness_mm + 1e-9, step):
-        reaches |= inside(distance)
-    beyond = np.zeros(len(ijk), bool)  # the implant goes on past the bar: already thick enough on this line
-    for distance in np.arange(min_thickness_mm + step, min_thickness_mm + 2 * spacing.max() + 1e-9, step):
-        beyond |= inside(distance)
+    reaches = _meets(part, to_index, lps, outward, np.arange(step, min_thickness_mm + 1e-9, step))
+    # the implant goes on past the bar: already thick enough on this line
+    beyond = _meets(part, to_index, lps, outward, np.arange(min_thickness_mm + step, min_thickness_mm + 2 * spacing.max() + 1e-9, step))
     add = ijk[reaches & ~beyond]
     out = implant.copy()
     out[tuple((add + offset).T)] = True
