@@ -237,6 +237,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             min_depth_mm=self.ui.minDepthSpinBox.value,
             min_thickness_mm=self.ui.minThicknessSpinBox.value,
             drop_behind_bone=bool(self.ui.behindBoneCheckBox.checked),
+            span_opening=bool(self.ui.spanCheckBox.checked),
             smoothing_iterations=int(self.ui.smoothingSpinBox.value),
         )
 

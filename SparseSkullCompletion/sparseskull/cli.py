@@ -71,7 +71,7 @@ def complete_options(args):
     return CompleteOptions(
         threshold_hu=args.threshold_hu, input_kind=args.input_kind, model=args.model, device=args.device, backend=args.backend,
         min_implant_mm3=args.min_implant_mm3, clearance_mm=args.clearance_mm, min_thickness_mm=args.min_thickness_mm,
-        drop_behind_bone=not args.keep_behind_bone,
+        drop_behind_bone=not args.keep_behind_bone, span_opening=not args.no_span,
         smoothing_iterations=args.smoothing,
         decimate=args.decimate, stl_space=args.stl_space, skull_stl=args.skull_stl, preview=not args.no_preview, threads=args.threads,
         **({} if args.min_depth_mm is None else {"min_depth_mm": args.min_depth_mm}),
@@ -103,7 +103,7 @@ def _cmd_evaluate(args) -> int:
               + ", ".join(f"{k} {summary[k]:.4f}" for k in SR_METRICS))
         print(f"report: {args.out}/report.md, per skull: {args.out}/cases.csv")
         return 0
-    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads)
+    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads, span_opening=not args.no_span)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
                        baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model,
                        record=args.record)
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop implant parts that never get this far from the bone, as layers on intact bone (default 10; 0: keep all)")
     p.add_argument("--keep-behind-bone", action="store_true",
                    help="keep implant parts that lie inside the cranial cavity behind intact bone (dropped by default)")
+    p.add_argument("--no-span", action="store_true",
+                   help="leave the implant as the network completed it, instead of completing the plate over the whole opening "
+                        "from the bone around it (and dropping what lies off that plate)")
     p.add_argument("--min-thickness-mm", type=float, default=0.0,
                    help="grow the implant inwards (its outer surface stays) where it is thinner than this (default 0: off)")
     p.add_argument("--smoothing", type=int, default=20, help="windowed-sinc smoothing iterations of the STL (default 20)")
@@ -294,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", type=int, default=None, metavar="N",
                    help="input, prediction and truth side by side (cases/*.png) for the first N cases (default: all; 0: none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-span", action="store_true", help="score the implants as the network completed them, without spanning the opening")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("models", help="list the shipped trained models with their task, resolution and validation scores")

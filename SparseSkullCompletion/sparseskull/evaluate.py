@@ -199,7 +199,8 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
                  + (" (all held out of the model's training)" if held_out and set(case_ids) <= held_out else "")
                  + ", through the complete pipeline on each case's full grid; means"),
         "cases": case_ids,
-        "pipeline": {"min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "min_implant_mm3": options.min_implant_mm3,
+        "pipeline": {"min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
+                     "min_implant_mm3": options.min_implant_mm3,
                      "clearance_mm": options.clearance_mm, "min_thickness_mm": options.min_thickness_mm},
         "medians": {k: None if stats[k]["median"] is None else round(stats[k]["median"], 4) for k in ("implant_dsc", "implant_bdsc", "implant_hd95_mm")},
         "baselines": {b: {k: None if v is None else round(v, 4) for k, v in means.items()} for b, means in summary["baselines"].items()},

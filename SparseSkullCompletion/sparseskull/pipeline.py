@@ -52,6 +52,7 @@ class CompleteOptions:
     min_depth_mm: float = DEFAULT_MIN_DEPTH_MM  # what never gets this far from the bone is not implant (0: keep all)
     min_thickness_mm: float = 0.0  # grow the implant inwards where it is thinner than this (0: as completed)
     drop_behind_bone: bool = True  # drop implant parts inside the cranial cavity, behind intact bone (occlusion_filter)
+    span_opening: bool = True  # complete the plate over the whole opening from the bone around it (fill.span_defect)
     smoothing_iterations: int = 20
     decimate: float = 0.5
     stl_space: str = "LPS"  # Slicer's file convention; RAS on request
@@ -337,10 +338,11 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
 
 
 def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2,
-                  min_depth_mm: float = 0.0, drop_behind_bone: bool = False) -> tuple[np.ndarray, dict]:
+                  min_depth_mm: float = 0.0, drop_behind_bone: bool = False, span_opening: bool = False) -> tuple[np.ndarray, dict]:
     """What reaches ``min_depth_mm`` into the defect (:func:`reach_filter`), with ``drop_behind_bone`` not behind intact
-    bone (:func:`occlusion_filter`), clearance from the bone, then only the pieces that touch the bone (the defect's
-    rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the largest such piece."""
+    bone (:func:`occlusion_filter`); with ``span_opening``, the plate completed over the opening it lies in and what
+    lies off that plate dropped (:func:`sparseskull.fill.span_defect`); clearance from the bone, then only the pieces
+    that touch the bone (the defect's rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the largest such piece."""
     info = {"raw_voxels": int(implant.sum())}
     implant = reach_filter(implant, skull, min_depth_mm)
     info["shallow_voxels"] = info["raw_voxels"] - int(implant.sum())
@@ -348,6 +350,13 @@ def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_
         before = int(implant.sum())
         implant = occlusion_filter(implant, skull)
         info["behind_bone_voxels"] = before - int(implant.sum())
+    if span_opening and implant.any():
+        from sparseskull.fill import span_defect
+
+        shell, off = span_defect(implant, skull)
+        info["off_plate_voxels"] = int((implant & off).sum())
+        info["spanned_voxels"] = int((shell & ~implant).sum())
+        implant = (implant & ~off) | shell
     if not implant.any():
         return implant, {**info, "pieces_kept": 0, "pieces_dropped": 0, "voxels": 0}
     spacing = np.asarray(skull.spacing_mm)
@@ -515,7 +524,7 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
 
     stage("clean")
     implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction,
-                                              options.min_depth_mm, options.drop_behind_bone)
+                                              options.min_depth_mm, options.drop_behind_bone, options.span_opening)
     if options.min_thickness_mm > 0 and implant_array.any():
         before = int(implant_array.sum())
         implant_array = ensure_thickness(implant_array, skull, options.min_thickness_mm, options.clearance_mm)
@@ -668,6 +677,8 @@ def options_to_args(options: CompleteOptions) -> list[str]:
         args.append("--no-preview")
     if not options.drop_behind_bone:
         args.append("--keep-behind-bone")
+    if not options.span_opening:
+        args.append("--no-span")
     for name in ("keep_fraction", "max_extent"):
         if getattr(options, name) != getattr(default, name):
             raise ValueError(f"{name} has no command-line flag; run complete_skull() in this process to change it")
