@@ -60,8 +60,10 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         from sparseskull.pipeline import clean_implant
 
         mirrored, _ = mirror_completion(defective)
-        # cleaned as a user of the manual method would (specks, pieces away from the rim), without the network's reach filter
-        implant, _ = clean_implant(mirrored & ~np.asarray(defective.array, bool), defective, options.min_implant_mm3, 0.0, options.keep_fraction)
+        # cleaned as a user of the manual method would (specks, pieces away from the rim), without the network's reach
+        # filter; spanned like the network's implant when the pipeline spans (the same final step for both)
+        implant, _ = clean_implant(mirrored & ~np.asarray(defective.array, bool), defective, options.min_implant_mm3, 0.0, options.keep_fraction,
+                                   span_opening=options.span_opening)
         b = implant_metrics(implant, truth_implant, defective.array, defective.spacing_mm)
         extra.update({"mirror_implant_dsc": b["dsc"], "mirror_implant_bdsc": b["bdsc"], "mirror_implant_hd95_mm": b["hd95_mm"],
                       "mirror_completion_dsc": dice(np.asarray(defective.array, bool) | implant, complete.array)})
@@ -173,7 +175,7 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
             rows.append(score_case(case, completer, options, tuple(baselines), picture, dense))
             if progress:
                 iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
-        summary = _write_report(rows, stage, data, completer, baselines)
+        summary = _write_report(rows, stage, data, completer, baselines, options)
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
     if record:
@@ -313,7 +315,7 @@ def _write_table(rows: list[dict], summary: dict, stage: Path) -> None:
     (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
-def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> dict:
+def _write_report(rows: list[dict], stage: Path, data, completer, baselines, options: CompleteOptions) -> dict:
     """cases.csv, summary.json, boxplots.png and report.md into ``stage``; returns the summary."""
     stats = summarise(rows)
     summary = {key: stats[key]["mean"] for key in METRICS}
@@ -321,18 +323,20 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines) -> 
     summary["by_class"] = {c: {key: summarise([r for r in rows if r["defect_class"] == c])[key]["mean"] for key in METRICS} for c in classes}
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
-                    "device": str(completer.device), "backend": completer.backend, "statistics": stats})
+                    "device": str(completer.device), "backend": completer.backend, "span_opening": options.span_opening, "statistics": stats})
     _write_table(rows, summary, stage)
     methods = [(completer.name, "")] + [(b, f"{b}_") for b in baselines]
     _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}", methods)
     lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
-             "Each defective skull went through the `sparseskull complete` pipeline on its full grid.", "",
+             "Each defective skull went through the `sparseskull complete` pipeline on its full grid"
+             + (", the opening spanned (`fill.span_defect`)." if options.span_opening else ", without spanning the opening (`--no-span`)."), "",
              "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
     for key, s in stats.items():
         lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
     if baselines:
         lines += ["", "Against the baselines (means), each through the same pipeline and cleaning"
-                  " (mirror: reflected skull, cleaned without the reach filter):", "",
+                  " (mirror: reflected skull, cleaned without the reach filter"
+                  + (", spanned the same way" if options.span_opening else "") + "):", "",
                   "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
                   f"| {completer.name} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
         lines += [f"| {b} | " + " | ".join(_fmt(summary["baselines"][b].get(k)) for k in METRICS) + " |" for b in baselines]
