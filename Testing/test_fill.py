@@ -28,7 +28,7 @@ def _vault(spacing):
 
 
 def _spanned(implant, skull):
-    shell, off = span_defect(implant, skull)
+    shell, off = span_defect(implant, skull, curvature=1.0)
     return (implant & ~off) | shell
 
 
@@ -36,7 +36,10 @@ def _spanned(implant, skull):
 def test_half_a_plate_and_a_plate_with_holes_become_the_whole_cap(spacing):
     """The cap above z = 45 mm (a 53 mm wide hole) is cut off. Given only its right half, or the cap with a
     checkerboard of 10 mm holes, spanning gives back the cap (DSC 0.67 and 0.5 before): as thick as the bone
-    around, nowhere else."""
+    around, curved as the vault, nowhere else. The braincase centre sits 12 mm below the sphere's centre here,
+    so the plate's radii from it are not constant: the sphere fitted to the bone around has to carry the curve.
+    On this perfect sphere the sphere alone is exact (``curvature=1``); the default blends it half and half with
+    the plain interpolation of the radii, which real skulls prefer (see the module)."""
     x, y, z, r, shell = _vault(spacing)
     cap = shell & (z > 45)
     skull = Volume(shell & ~cap, tuple(spacing))
@@ -44,9 +47,11 @@ def test_half_a_plate_and_a_plate_with_holes_become_the_whole_cap(spacing):
     holes = cap & (((np.floor(x / 10) + np.floor(y / 10)) % 2) == 0)
     for partial in (half, holes):
         assert dice(partial, cap) < 0.7
-        out = _spanned(partial, skull)
-        assert dice(out, cap) > 0.92  # a voxel's error on each surface of a 7 mm shell costs about 0.07
-        assert abs(int(out.sum()) - int(cap.sum())) < 0.1 * cap.sum()
+        plate, off = span_defect(partial, skull, curvature=1.0)
+        assert dice(plate, cap) > 0.97, "the plate comes from the bone around the opening"
+        out = (partial & ~off) | plate
+        assert dice(out, cap) > 0.97
+        assert abs(int(out.sum()) - int(cap.sum())) < 0.03 * cap.sum()
         assert not (out & skull.array).any()
 
 
@@ -60,7 +65,7 @@ def test_what_lies_off_the_plate_is_dropped(spacing):
     lining = (r > 52) & (r <= 55) & (z > 45 * 55 / 70) & (x < 0)
     out = _spanned((cap & (x > 0)) | lining, skull)
     assert (out & lining).sum() < 0.02 * lining.sum()
-    assert dice(out, cap) > 0.9
+    assert dice(out, cap) > 0.97
 
 
 def test_no_opening_gives_nothing_and_a_joined_natural_opening_is_not_filled():
@@ -75,7 +80,7 @@ def test_no_opening_gives_nothing_and_a_joined_natural_opening_is_not_filled():
     side = shell & (x > 35) & (z < 30)  # down to the open base
     skull = Volume(shell & ~side, spacing)
     out = _spanned(side & (z > 0), skull)
-    assert (out & side & (z > 0)).sum() > 0.85 * (side & (z > 0)).sum()  # the bone around is one-sided here: a looser fit
+    assert (out & side & (z > 0)).sum() > 0.9 * (side & (z > 0)).sum()
     assert not (out & (z < -45)).any(), "the open base is not closed"
     empty, _ = span_defect(np.zeros_like(shell), skull)
     assert not empty.any()
@@ -90,7 +95,8 @@ def test_clean_implant_spans_on_request():
     as_is, info = clean_implant(half, skull, 100.0, 0.0)
     assert np.array_equal(as_is, half) and "spanned_voxels" not in info
     spanned, info = clean_implant(half, skull, 100.0, 0.0, span_opening=True)
-    assert dice(spanned, cap) > 0.9 and info["spanned_voxels"] > 0.4 * cap.sum()
+    # the default's half-sphere blend on this perfect sphere: the plate sits up to 2 mm low in the middle
+    assert dice(spanned, cap) > 0.8 and info["spanned_voxels"] > 0.3 * cap.sum() and info["off_plate_voxels"] > 0
     gap, _ = clean_implant(half, skull, 100.0, 1.5, span_opening=True)
     from scipy import ndimage
 
