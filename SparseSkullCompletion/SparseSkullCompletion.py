@@ -238,6 +238,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             min_thickness_mm=self.ui.minThicknessSpinBox.value,
             drop_behind_bone=bool(self.ui.behindBoneCheckBox.checked),
             span_opening=bool(self.ui.spanCheckBox.checked),
+            drop_mandible=bool(self.ui.mandibleCheckBox.checked),
             smoothing_iterations=int(self.ui.smoothingSpinBox.value),
         )
 

@@ -357,7 +357,7 @@ def test_automatic_threshold_finds_the_bone(sample):
 @pytest.mark.parametrize("options", [
     CompleteOptions(),
     CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
-                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, span_opening=False, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
+                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, span_opening=False, drop_mandible=True, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
 ], ids=["defaults", "every-flag"])
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""
@@ -368,3 +368,39 @@ def test_options_survive_the_command_line(options):
     assert complete_options(args) == options
     with pytest.raises(ValueError, match="keep_fraction"):
         options_to_args(CompleteOptions(keep_fraction=0.5))
+
+
+def _head_with_mandible():
+    """A closed vault (an ellipsoidal shell 6 mm thick, radii 60 x 50 x 45 mm) and below it a mandible: a U-shaped bar
+    8 mm thick whose two rami rise to the vault's underside and touch it through 2 x 2 mm necks (the jaw joints),
+    so the thresholded bone is one connected piece. 1 mm voxels, z up (LPS z is superior)."""
+    x, y, z = np.indices((160, 160, 160)).astype(float)
+    e = ((x - 80) / 60) ** 2 + ((y - 80) / 50) ** 2 + ((z - 95) / 45) ** 2
+    inner = ((x - 80) / 54) ** 2 + ((y - 80) / 44) ** 2 + ((z - 95) / 39) ** 2
+    vault = (e <= 1) & (inner > 1)
+    ring = np.hypot((x - 80) / 42, (y - 80) / 40)
+    bar = (ring <= 1) & (np.hypot((x - 80) / 34, (y - 80) / 32) > 1) & (y >= 80) & (z >= 20) & (z < 28)
+    mandible, necks = bar.copy(), np.zeros_like(bar)
+    for xc in (42, 114):  # the rami, up from the bar's ends to 6-10 mm under the vault, and the necks into it
+        mandible |= (np.abs(x - xc - 0.5) <= 3.5) & (np.abs(y - 80.5) <= 3.5) & (z >= 20) & (z < 52)
+        necks |= (np.abs(x - xc - 0.5) <= 0.5) & (np.abs(y - 80.5) <= 0.5) & (z >= 52) & (z < 64) & ~vault
+    return vault, mandible & ~vault, necks
+
+
+def test_touching_mandible_is_dropped_on_request_and_the_vault_kept():
+    from sparseskull.pipeline import skull_from_input
+    from sparseskull.preprocess import drop_mandible
+
+    vault, mandible, necks = _head_with_mandible()
+    head = Volume((vault | mandible | necks).astype(np.uint8), (1.0, 1.0, 1.0))
+    kept, info = skull_from_input(head, CompleteOptions(input_kind="mask"))
+    assert (kept.array & mandible).sum() == mandible.sum(), "touching, it is part of the largest piece"
+    kept, info = skull_from_input(head, CompleteOptions(input_kind="mask", drop_mandible=True))
+    assert not (kept.array & mandible).any()
+    assert (kept.array & necks).sum() <= necks.sum() / 2, "of the joints' contacts, at most the half nearer the vault stays"
+    assert np.array_equal(kept.array & vault, vault), "the vault loses nothing"
+    assert info["mandible_voxels"] >= mandible.sum()
+    alone, dropped = drop_mandible(Volume(vault, (1.0, 1.0, 1.0)))
+    assert dropped == 0 and np.array_equal(alone.array, vault)
+    above = Volume(np.flip(vault | mandible | necks, axis=2), (1.0, 1.0, 1.0))  # the same piece above the vault: not a mandible
+    assert drop_mandible(above)[1] == 0

@@ -298,6 +298,7 @@ def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     ui.modelComboBox.currentData, ui.deviceComboBox.currentData, ui.backendComboBox.currentText = None, "cpu", "torch"
     ui.clearanceSpinBox.value, ui.minDepthSpinBox.value, ui.smoothingSpinBox.value = 0.0, 10.0, 20
     ui.minThicknessSpinBox.value, ui.behindBoneCheckBox.checked, ui.spanCheckBox.checked = 0.0, True, True
+    ui.mandibleCheckBox.checked = False
     ui.thresholdSlider.enabled = True
 
     widget.onInputChanged(node)

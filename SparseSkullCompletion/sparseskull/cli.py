@@ -71,7 +71,7 @@ def complete_options(args):
     return CompleteOptions(
         threshold_hu=args.threshold_hu, input_kind=args.input_kind, model=args.model, device=args.device, backend=args.backend,
         min_implant_mm3=args.min_implant_mm3, clearance_mm=args.clearance_mm, min_thickness_mm=args.min_thickness_mm,
-        drop_behind_bone=not args.keep_behind_bone, span_opening=not args.no_span,
+        drop_behind_bone=not args.keep_behind_bone, span_opening=not args.no_span, drop_mandible=args.drop_mandible,
         smoothing_iterations=args.smoothing,
         decimate=args.decimate, stl_space=args.stl_space, skull_stl=args.skull_stl, preview=not args.no_preview, threads=args.threads,
         **({} if args.min_depth_mm is None else {"min_depth_mm": args.min_depth_mm}),
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (written only when the whole run succeeds)")
     p.add_argument("--threshold-hu", type=_threshold, default=300.0, help="bone threshold in HU, or auto (Otsu); default 300")
     p.add_argument("--input-kind", choices=["auto", "ct", "mask"], default="auto", help="auto: a volume of only 0 and 1 is a mask")
+    p.add_argument("--drop-mandible", action="store_true",
+                   help="also drop a mandible that touches the skull (at the jaw joints or the teeth); one that does not is always dropped")
     _model_options(p)
     p.add_argument("--clearance-mm", type=float, default=0.0, help="gap between implant and bone, for fit (default 0)")
     p.add_argument("--min-implant-mm3", type=float, default=100.0, help="drop implant pieces smaller than this (default 100)")

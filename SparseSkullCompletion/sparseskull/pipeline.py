@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from sparseskull import __version__
 from sparseskull.io import looks_like_mask, read_volume, staged_output, write_volume
-from sparseskull.preprocess import DEFAULT_THRESHOLD_HU, largest_component, skull_mask_from_ct
+from sparseskull.preprocess import DEFAULT_THRESHOLD_HU, drop_mandible, largest_component, skull_mask_from_ct
 from sparseskull.resample import block_max
 from sparseskull.volume import Volume
 
@@ -43,6 +43,7 @@ class InputError(ValueError):
 class CompleteOptions:
     threshold_hu: float | str = DEFAULT_THRESHOLD_HU  # or "auto" (Otsu between soft tissue and bone)
     input_kind: str = "auto"  # auto: a volume holding only 0 and 1 is a mask, anything else a CT
+    drop_mandible: bool = False  # also drop a mandible that touches the skull (preprocess.drop_mandible)
     model: str | None = None  # a shipped model's name or a path; None: the default
     device: str = "auto"
     backend: str = "torch"
@@ -124,6 +125,9 @@ def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, 
         bone = np.asarray(skull_mask_from_ct(volume, threshold, keep_largest=False).array)
     total = int(bone.sum())
     skull = largest_component(bone)
+    if options.drop_mandible:
+        mandible_free, info["mandible_voxels"] = drop_mandible(volume.with_array(skull))
+        skull = np.asarray(mandible_free.array)
     kept = int(skull.sum())
     info.update(bone_voxels=total, skull_voxels=kept, dropped_voxels=total - kept)
     if kept * volume.voxel_volume_mm3 < 20_000:  # 20 cm^3: a skull vault has several hundred
@@ -679,6 +683,8 @@ def options_to_args(options: CompleteOptions) -> list[str]:
         args.append("--keep-behind-bone")
     if not options.span_opening:
         args.append("--no-span")
+    if options.drop_mandible:
+        args.append("--drop-mandible")
     for name in ("keep_fraction", "max_extent"):
         if getattr(options, name) != getattr(default, name):
             raise ValueError(f"{name} has no command-line flag; run complete_skull() in this process to change it")
