@@ -52,6 +52,12 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     report = (out / "report.md").read_text()
     assert "| implant_dsc |" in report and "| bilateral | 2 |" in report and f"](cases/{pictures[0].name})" in report
     assert set(summary["by_class"]) == {"bilateral"} and summary["by_class"]["bilateral"]["implant_dsc"] == pytest.approx(summary["implant_dsc"])
+    assert summary["span_opening"] is True and "the opening spanned" in report
+    plain = tmp_path / "plain.json"
+    run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(tmp_path / "plain"), "--limit", "1", "--pictures", "0",
+                          "--no-span", "--json", str(plain)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(plain.read_text())["span_opening"] is False and "--no-span" in (tmp_path / "plain" / "report.md").read_text()
 
 
 def test_evaluate_refuses_unknown_cases(tiny_data, tmp_path):

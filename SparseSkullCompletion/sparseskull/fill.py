@@ -4,14 +4,16 @@ The 64^3 network finds where the defect is and roughly how it is shaped, but at 
 only part of the opening (a half plate, or a lattice with holes). This step completes the plate from the skull
 around the hole. Seen from the centre of the braincase, the vault is a shell between an inner and an outer
 surface, r_in(direction) .. r_out(direction); along a line through the defect no bone is met. The open
-directions that the network's implant covers, with the whole opening they belong to, are filled: each surface is
-fitted by a sphere over the bone around the opening (least squares), what the bone there differs from the sphere
-is inpainted over the opening (scikit-image's biharmonic inpainting), and the voxels between the two surfaces
-are the plate. Implant voxels on those lines far off the plate (a lining inside the cavity) are reported too.
+directions that the network's implant covers, with the whole opening they belong to, are filled. Each surface
+over the opening is a sphere fitted to the bone around it (least squares), blended with the plain radii from
+the centre (``curvature``: 1 is the sphere alone, exact on a spherical vault; 0 the radii alone, which flatten
+a vault seen off its centre; 0.5, the default, scored best on 7 SkullFix training skulls, mean implant DSC 0.85
+against 0.80 for the sphere alone), plus the harmonic interpolation of what the bone around differs from that.
+The voxels between the two surfaces are the plate; implant voxels on those lines off the plate are reported.
 
 Directions are mapped by the azimuthal equidistant projection about the implant's direction: a regular grid
 with no pole near the defect, where distances along the grid are angles. Written here because no library fills
-a hole in a shell seen from a point; the fitting and inpainting are numpy's and scikit-image's.
+a hole in a shell seen from a point; the fit is numpy's least squares and the interpolation a scipy sparse solve.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sparseskull.volume import Volume
 
 
 def _frame(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An orthonormal frame whose first vector is along ``axis``."""
     e0 = axis / np.linalg.norm(axis)
     helper = np.array([0.0, 0.0, 1.0]) if abs(e0[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
     e1 = np.cross(e0, helper)
@@ -107,7 +110,8 @@ def span_defect(implant: np.ndarray, skull: Volume, centre: np.ndarray | None = 
     the open regions that the implant's lines fall in are filled (one that runs off the cone joins a natural
     opening, and is filled only within ``margin_mm`` of the implant). Lines through bone within ``edge_mm`` of the
     opening are filled too (the cut edge is oblique; they see only part of the bone); the next ``band_mm`` of
-    bone gives the surfaces (a run of bone with gaps under ``gap_mm`` is one shell). Returns the plate's voxels
+    bone gives the surfaces (a run of bone with gaps under ``gap_mm`` is one shell), the sphere fitted over the
+    ``fit_mm`` around blended with them by ``curvature`` (see the module). Returns the plate's voxels
     (not in the bone) and ``off``: voxels on the filled lines more than ``off_mm`` inside or outside the plate.
     Both are empty when the implant is, or when no line through it is open."""
     from sparseskull.pipeline import _bounding_box
