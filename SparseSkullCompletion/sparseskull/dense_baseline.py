@@ -28,8 +28,9 @@ from sparseskull.metrics import dice
 from sparseskull.model import TOTAL_STRIDE, parse_channels
 from sparseskull.pairs import PairSampler, load_skulls, split
 from sparseskull.synth.defects import DEFECT_CLASSES
+from sparseskull.weights import DENSE
 
-ARCHITECTURE = "DenseCompletionNet"
+ARCHITECTURE = DENSE  # what its model files say they hold
 
 
 def grid_shape(extents) -> tuple[int, int, int]:

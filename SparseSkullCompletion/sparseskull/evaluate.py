@@ -147,7 +147,9 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
     completer = NetworkCompleter(model if model is not None else options.model, options.device, options.backend)
     dense = None
     if "dense" in baselines:
-        dense = NetworkCompleter(dense_model or DENSE_BASELINE, options.device, architectures=("DenseCompletionNet",))
+        from sparseskull.weights import DENSE
+
+        dense = NetworkCompleter(dense_model or DENSE_BASELINE, options.device, architectures=(DENSE,))
         if dense.info.resolution != completer.info.resolution:
             raise ValueError(f"the dense baseline {dense.name} is a {dense.info.resolution}^2 model and {completer.name} a "
                              f"{completer.info.resolution}^2 one: compare models of one resolution")

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparseskull.weights import ModelInfo, read_info
+from sparseskull.weights import SPARSE, ModelInfo, read_info
 
 
 def models_dir() -> Path:
@@ -37,7 +37,7 @@ class ShippedModel:
     @property
     def baseline(self) -> bool:
         """A baseline shipped for `sparseskull evaluate` (the dense network), not offered for completing skulls."""
-        return self.info.architecture != "SparseCompletionNet"
+        return self.info.architecture != SPARSE
 
     @property
     def card(self) -> Path:

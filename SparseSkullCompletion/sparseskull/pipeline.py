@@ -436,20 +436,21 @@ def ensure_thickness(implant: np.ndarray, skull: Volume, min_thickness_mm: float
 
 class NetworkCompleter:
     """The trained network as the pipeline's completion step: a model file (a shipped model's name, a
-    path, or None for the default), on a device and a sparse backend."""
+    path, or None for the default), on a device and a sparse backend. ``architectures``: those accepted
+    (default: the sparse network only; the dense baseline must be asked for)."""
 
-    def __init__(self, spec=None, device: str = "auto", backend: str = "torch", architectures: tuple[str, ...] = ("SparseCompletionNet",)):
+    def __init__(self, spec=None, device: str = "auto", backend: str = "torch", architectures: tuple[str, ...] | None = None):
         from sparseskull.models import resolve_model
         from sparseskull.sparse.backends import BACKENDS
         from sparseskull.train import pick_device
-        from sparseskull.weights import load_model
+        from sparseskull.weights import DENSE, SPARSE, load_model
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.path = resolve_model(spec)
         self.device = pick_device(device)
-        self.model, self.info = load_model(self.path, device=self.device, architectures=architectures)
-        self.dense = self.info.architecture == "DenseCompletionNet"  # the dense baseline (evaluate --baselines dense)
+        self.model, self.info = load_model(self.path, device=self.device, architectures=architectures or (SPARSE,))
+        self.dense = self.info.architecture == DENSE  # the dense baseline (evaluate --baselines dense)
         self.backend = "dense" if self.dense else backend
         if self.info.task != "completion":
             raise InputError(f"{self.path}: a {self.info.task} model; completing a skull needs a completion model")

@@ -22,7 +22,9 @@ from sparseskull.model import SparseCompletionNet
 FORMAT = "sparseskull-model"
 FORMAT_VERSION = 1
 TASKS = ("completion", "super-resolution")
-ARCHITECTURES = ("SparseCompletionNet", "DenseCompletionNet")
+SPARSE = "SparseCompletionNet"  # the paper's network: what `complete` runs
+DENSE = "DenseCompletionNet"  # its dense counterpart: the baseline of `evaluate --baselines dense` only
+ARCHITECTURES = (SPARSE, DENSE)
 
 
 class ModelFileError(ValueError):
@@ -37,7 +39,7 @@ class ModelInfo:
     input_resolution: int | None = None  # super-resolution: the coarse grid it upsamples from
     spacing_mm: tuple[float, float, float] | None = None
     tau: float = 0.0
-    architecture: str = "SparseCompletionNet"
+    architecture: str = SPARSE
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     package_version: str = __version__
@@ -108,7 +110,7 @@ def _open(path: Path) -> tuple[dict, ModelInfo]:
 
 
 def _network(architecture: str):
-    if architecture == "DenseCompletionNet":
+    if architecture == DENSE:
         from sparseskull.dense_model import DenseCompletionNet
 
         return DenseCompletionNet
@@ -116,7 +118,7 @@ def _network(architecture: str):
 
 
 def load_model(path: str | os.PathLike, task: str | None = None, device: str | torch.device = "cpu",
-               architectures: tuple[str, ...] = ("SparseCompletionNet",)) -> tuple[SparseCompletionNet, ModelInfo]:
+               architectures: tuple[str, ...] = (SPARSE,)) -> tuple[SparseCompletionNet, ModelInfo]:
     """Load and verify a model file; ``task``, when given, must match the model's, and its architecture
     must be one of ``architectures`` (the dense baseline, ``DenseCompletionNet``, only where asked for)."""
     from safetensors.torch import load_file
@@ -126,7 +128,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, device: str | t
     if info.architecture not in ARCHITECTURES:
         raise ModelFileError(f"{path}: architecture {info.architecture!r} is not one this version runs")
     if info.architecture not in architectures:
-        what = "the dense baseline (for `sparseskull evaluate --baselines dense`)" if info.architecture == "DenseCompletionNet" else info.architecture
+        what = "the dense baseline (for `sparseskull evaluate --baselines dense`)" if info.architecture == DENSE else info.architecture
         raise ModelFileError(f"{path}: {what}, not a {' or '.join(architectures)} model")
     if task is not None and info.task != task:
         raise ModelFileError(f"{path}: a {info.task} model, but a {task} model is needed")
