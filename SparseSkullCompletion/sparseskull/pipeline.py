@@ -281,11 +281,11 @@ def _coarse_around(implant: np.ndarray, skull: Volume, margin_mm: float, voxel_m
     return box, factors, spacing * factors, block_max(implant[box], factors), block_max(np.asarray(skull.array[box], bool), factors)
 
 
-def _outwards(skull: Volume, lps: np.ndarray) -> np.ndarray:
-    """Unit directions (N x 3) from the centre of the skull's braincase out through each point."""
+def _outwards(skull: Volume, lps: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+    """Unit directions (N x 3) from ``centre`` (default: the skull's braincase centre) out through each point."""
     from sparseskull.synth.defects import braincase_centre
 
-    outward = lps - braincase_centre(skull)
+    outward = lps - (braincase_centre(skull) if centre is None else centre)
     return outward / np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
 
 
@@ -317,7 +317,8 @@ def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm
     return _near_seeds(implant, box, depth > bar, factors, coarse_spacing, bar + rim_mm)
 
 
-def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0, rim_mm: float = 3.0, voxel_mm: float = 1.0) -> np.ndarray:
+def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0, rim_mm: float = 3.0, voxel_mm: float = 1.0,
+                     centre: np.ndarray | None = None) -> np.ndarray:
     """The implant less what lies behind intact bone, seen from the centre of the braincase: an implant voxel from
     which the line outwards meets the skull within ``reach_mm`` is inside the cranial cavity (a lining a network
     adds under intact bone), not in the defect, where the line leaves the head through the hole. Voxels within
@@ -334,7 +335,7 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
     from_lps = np.linalg.inv(to_lps)
     lps = ijk @ to_lps[:3, :3].T + to_lps[:3, 3]
     step = 0.5 * float(coarse_spacing.min())
-    occluded = _meets(bone, lambda q: q @ from_lps[:3, :3].T + from_lps[:3, 3], lps, _outwards(skull, lps),
+    occluded = _meets(bone, lambda q: q @ from_lps[:3, :3].T + from_lps[:3, 3], lps, _outwards(skull, lps, centre),
                       np.arange(step, reach_mm + 1e-9, step))
     seeds = np.zeros_like(part)
     seeds[tuple(ijk[~occluded].T)] = True
@@ -342,22 +343,28 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
 
 
 def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2,
-                  min_depth_mm: float = 0.0, drop_behind_bone: bool = False, span_opening: bool = False) -> tuple[np.ndarray, dict]:
+                  min_depth_mm: float = 0.0, drop_behind_bone: bool = False, span_opening: bool = False,
+                  centre: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """What reaches ``min_depth_mm`` into the defect (:func:`reach_filter`), with ``drop_behind_bone`` not behind intact
     bone (:func:`occlusion_filter`); with ``span_opening``, the plate completed over the opening it lies in and what
     lies off that plate dropped (:func:`sparseskull.fill.span_defect`); clearance from the bone, then only the pieces
-    that touch the bone (the defect's rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the largest such piece."""
+    that touch the bone (the defect's rim), hold at least ``min_mm3`` and at least ``keep_fraction`` of the largest such piece.
+    ``centre``: the braincase centre both steps look out from (default: computed once here, when either runs)."""
+    if centre is None and (drop_behind_bone or span_opening) and implant.any():
+        from sparseskull.synth.defects import braincase_centre
+
+        centre = braincase_centre(skull)
     info = {"raw_voxels": int(implant.sum())}
     implant = reach_filter(implant, skull, min_depth_mm)
     info["shallow_voxels"] = info["raw_voxels"] - int(implant.sum())
     if drop_behind_bone:
         before = int(implant.sum())
-        implant = occlusion_filter(implant, skull)
+        implant = occlusion_filter(implant, skull, centre=centre)
         info["behind_bone_voxels"] = before - int(implant.sum())
     if span_opening and implant.any():
         from sparseskull.fill import span_defect
 
-        shell, off = span_defect(implant, skull)
+        shell, off = span_defect(implant, skull, centre=centre)
         info["off_plate_voxels"] = int((implant & off).sum())
         info["spanned_voxels"] = int((shell & ~implant).sum())
         implant = (implant & ~off) | shell
@@ -399,11 +406,12 @@ def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_
 
 
 def ensure_thickness(implant: np.ndarray, skull: Volume, min_thickness_mm: float, clearance_mm: float = 0.0,
-                     step_mm: float | None = None) -> np.ndarray:
+                     step_mm: float | None = None, centre: np.ndarray | None = None) -> np.ndarray:
     """The implant made at least ``min_thickness_mm`` thick, on its inner side: along each line from the centre of the
     braincase, a voxel is added when the implant lies further out on the line and ends within ``min_thickness_mm``
     of it. The outer surface (the head's contour) stays where it was; voxels in the bone, or closer to it than
-    ``clearance_mm``, are never added. Lines are marched in ``step_mm`` steps (default: half the finest spacing)."""
+    ``clearance_mm``, are never added. Lines are marched in ``step_mm`` steps (default: half the finest spacing).
+    ``centre``: the braincase centre (default: computed from the skull)."""
     if min_thickness_mm <= 0 or not implant.any():
         return implant
     spacing = np.asarray(skull.spacing_mm, float)
@@ -420,7 +428,7 @@ def ensure_thickness(implant: np.ndarray, skull: Volume, min_thickness_mm: float
         return implant
     offset = np.array([sl.start for sl in box])
     lps = skull.index_to_lps(ijk + offset)
-    outward = _outwards(skull, lps)
+    outward = _outwards(skull, lps, centre)
 
     def to_index(q: np.ndarray) -> np.ndarray:
         return skull.lps_to_index(q) - offset
@@ -528,11 +536,14 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     done("CT grid")
 
     stage("clean")
+    from sparseskull.synth.defects import braincase_centre
+
+    centre = braincase_centre(skull) if raw.any() else None  # the filters, spanning and thickening look out from it: once
     implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction,
-                                              options.min_depth_mm, options.drop_behind_bone, options.span_opening)
+                                              options.min_depth_mm, options.drop_behind_bone, options.span_opening, centre)
     if options.min_thickness_mm > 0 and implant_array.any():
         before = int(implant_array.sum())
-        implant_array = ensure_thickness(implant_array, skull, options.min_thickness_mm, options.clearance_mm)
+        implant_array = ensure_thickness(implant_array, skull, options.min_thickness_mm, options.clearance_mm, centre=centre)
         clean_info["thickened_voxels"] = int(implant_array.sum()) - before
     implant = skull.with_array(implant_array)
     completed = skull.with_array(np.asarray(skull.array, bool) | implant_array)
