@@ -100,10 +100,12 @@ def test_weights_convert_both_ways():
 
 
 class TinyCompletion(nn.Module):
-    """Two downsamplings and two generative upsamplings with classification and pruning, as in the paper."""
+    """Two downsamplings and two generative upsamplings with classification and pruning, as in the paper;
+    ``skips``: each decoder level united with the encoder's output at its stride (the reference code's ``+``)."""
 
-    def __init__(self):
+    def __init__(self, skips: bool = False):
         super().__init__()
+        self.skips = skips
         self.enc = nn.ModuleList([SparseConv3d(1, 4, 3), SparseConv3d(4, 8, 2, 2), SparseConv3d(8, 8, 3), SparseConv3d(8, 8, 2, 2)])
         self.act = SparseActivation(nn.ELU())
         self.up = nn.ModuleList([SparseGenerativeConvTranspose3d(8, 8, 4), SparseGenerativeConvTranspose3d(8, 4, 2)])
@@ -111,11 +113,16 @@ class TinyCompletion(nn.Module):
         self.cls = nn.ModuleList([SparseConv3d(8, 1, 1), SparseConv3d(4, 1, 1)])
 
     def forward(self, x, target):
+        encoded = []
         for layer in self.enc:
             x = self.act(layer(x))
+            encoded.append(x)
+        skips = [encoded[2], encoded[0]]  # strides 2 and 1
         levels = []
-        for up, conv, cls in zip(self.up, self.conv, self.cls):
+        for up, conv, cls, skip in zip(self.up, self.conv, self.cls, skips):
             x = self.act(conv(self.act(up(x))))
+            if self.skips:
+                x = union(x, skip)
             logits = cls(x)
             keep = (features(logits)[:, 0] > 0) | target_mask(x, target)
             levels.append((x, logits, keep))
@@ -123,9 +130,10 @@ class TinyCompletion(nn.Module):
         return x, levels
 
 
-def test_small_completion_network_parity():
+@pytest.mark.parametrize("skips", [False, True])
+def test_small_completion_network_parity(skips):
     torch.manual_seed(0)
-    net = TinyCompletion().double()
+    net = TinyCompletion(skips).double()
     for cls in net.cls:  # logits of both signs, so that pruning has something to decide
         nn.init.zeros_(cls.bias)
     x = random_input(shape=(16, 14, 12), batch=2, density=0.25, channels=1, seed=7)
@@ -154,8 +162,10 @@ def test_small_completion_network_parity():
         assert_close(grads[0][1][name], grads[1][1][name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_paper_network_parity_on_a_small_skull(skull_128):
-    """The whole Table 1 network (ch1), same weights, both backends: the same points at every level."""
+@pytest.mark.parametrize("skips", [False, True])
+def test_paper_network_parity_on_a_small_skull(skull_128, skips):
+    """The whole Table 1 network (ch1), with and without skips, same weights, both backends: the same logits and
+    kept points at every level, the same output, and the same gradients of the loss."""
     import numpy as np
 
     from sparseskull.model import SparseCompletionNet
@@ -164,15 +174,28 @@ def test_paper_network_parity_on_a_small_skull(skull_128):
 
     complete = downsample_to(skull_128.mask, 64)
     defect = cut_random_defect(complete, "bilateral", np.random.default_rng(1))
+    from sparseskull.model import completion_loss
+
     x = SparseTensor.from_mask(defect.defective, dtype=D)
     target = SparseTensor.from_mask(complete).cset
     torch.manual_seed(0)
-    net = SparseCompletionNet("ch1").double().train()
+    net = SparseCompletionNet("ch1", skips=skips).double().train()
     for cls in net.classify:
         nn.init.zeros_(cls.bias)
-    out_t = net(x, target=target)
-    out_m = net(minkowski.to_minkowski(x), target=target)
+    grads = []
+    outs = []
+    for xin in (x, minkowski.to_minkowski(x)):
+        net.zero_grad()
+        out = net(xin, target=target)
+        completion_loss(out).backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    out_t, out_m = outs
     for lt, lm in zip(out_t.levels, out_m.levels):
         assert lt.kept == lm.kept
+        assert int(lt.target.sum()) == int(lm.target.sum())
         assert_close(torch.sort(lt.logits).values, torch.sort(lm.logits).values, **TOL)
+    assert len(out_t.levels) == 6
     assert_same(out_t.output, out_m.output)
+    for name in grads[0]:
+        assert_close(grads[0][name], grads[1][name], **TOL, msg=lambda m, n=name: f"{n}: {m}")

@@ -180,3 +180,99 @@ def test_fused_inference_gives_the_layer_by_layer_answer(small_case):
     assert [level.kept for level in fused.levels] == [level.kept for level in plain.levels]
     for a, b in zip(fused.levels, plain.levels):
         torch.testing.assert_close(a.logits, b.logits.detach(), rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- skip connections
+
+
+def test_skips_add_no_parameter():
+    assert SparseCompletionNet("ch1", skips=True).parameter_count() == 434_686
+
+
+def test_skips_keep_the_inputs_points_at_every_level(small_case):
+    """With skips, each decoder level is the union of what it generated with the encoder's points at its stride,
+    so with nothing pruned every level holds the input brought to that stride, and the output holds the input.
+    Without skips, an untrained network's generated points need not cover the input."""
+    from sparseskull.sparse.kernel_map import coarsen_to
+    from sparseskull.sparse.nn import release_maps
+
+    x, target = small_case
+    torch.manual_seed(0)
+    model = SparseCompletionNet("ch1", skips=True).eval()
+    with torch.no_grad():
+        out = model(x, tau=-1e9)  # keep everything
+    got = out.output.cset
+    assert (got.lookup(x.cset.keys) < len(got)).all(), "an input point is missing from the output"
+    for level, stride in zip(out.levels, (32, 16, 8, 4, 2, 1)):
+        assert len(level.logits) >= len(coarsen_to(x.cset, stride))
+    release_maps(x)
+
+
+def test_skip_network_equals_a_dense_float64_reference_of_its_union(small_case):
+    """The skip path by hand: the decoder level's refined tensor plus the encoder's output at that stride, on
+    dense float64 grids, gives the same features the network's classifier sees (checked at the first level)."""
+    from sparseskull.sparse.nn import features, union
+
+    x, _ = small_case
+    torch.manual_seed(1)
+    model = SparseCompletionNet("ch1", skips=True).double().eval()
+    xd = x.replace(x.feats.double())
+    seen = {}
+    model.classify[0].register_forward_pre_hook(lambda m, args: seen.setdefault("in", args[0]))
+    with torch.no_grad():
+        model(xd, tau=-1e9)
+        h = xd
+        encoded = []
+        for block in model.encoder:
+            h = block(h)
+            encoded.append(h)
+        dec = model.refine[0](model.up[0](h))
+        skip = encoded[-2]
+        origin = [int(v) for v in torch.minimum(dec.coords[:, 1:].min(0).values, skip.coords[:, 1:].min(0).values)]
+        top = torch.maximum(dec.coords[:, 1:].max(0).values, skip.coords[:, 1:].max(0).values)
+        shape = tuple(int((t - o) // 32) + 1 for t, o in zip(top.tolist(), origin))
+        dense = dec.to_dense(shape, origin, 1) + skip.to_dense(shape, origin, 1)
+    u = seen["in"]
+    assert torch.equal(u.cset.keys, union(dec, skip).cset.keys)
+    torch.testing.assert_close(u.to_dense(shape, origin, 1), dense, rtol=1e-12, atol=1e-12)
+    assert features(u).dtype == torch.float64
+
+
+@pytest.mark.parametrize("skips", [False, True])
+def test_fused_inference_with_and_without_skips(small_case, skips):
+    torch.manual_seed(0)
+    x, target = small_case
+    model = SparseCompletionNet("ch1", skips=skips).double().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 2.0)
+    x = x.replace(x.feats.double())
+    with torch.no_grad():
+        fused = model(x, tau=0.0)
+    plain = model(x, tau=0.0)
+    assert [level.kept for level in fused.levels] == [level.kept for level in plain.levels]
+    for a, b in zip(fused.levels, plain.levels):
+        torch.testing.assert_close(a.logits, b.logits.detach(), rtol=1e-9, atol=1e-9)
+    with pytest.raises(Exception, match="decoder level 1 of 6"):  # the point cap holds for the union too
+        with torch.no_grad():
+            model(x, tau=-1e9, max_points=len(fused.levels[0].logits) - 1)
+
+
+def test_a_skip_network_learns_a_skull_faster(small_case):
+    """The same 25 Adam steps: the skip network's loss falls below the plain one's (the decoder keeps the input)."""
+    from sparseskull.model import completion_loss
+
+    x, target = small_case
+    final = {}
+    for skips in (False, True):
+        torch.manual_seed(0)
+        model = SparseCompletionNet("ch1", skips=skips).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(25):
+            loss = completion_loss(model(x, target=target))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        final[skips] = float(loss.detach())
+    assert final[True] < 0.7 * final[False], final

@@ -58,7 +58,8 @@ def test_layers_dispatch_and_refuse_cpu_backward():
         layer(x)
 
 
-def test_paper_network_inference_parity(skull_128):
+@pytest.mark.parametrize("skips", [False, True])
+def test_paper_network_inference_parity(skull_128, skips):
     from sparseskull.model import SparseCompletionNet
     from sparseskull.resample import downsample_to
     from sparseskull.synth.defects import cut_random_defect
@@ -67,7 +68,7 @@ def test_paper_network_inference_parity(skull_128):
     defect = cut_random_defect(complete, "random_1", np.random.default_rng(2))
     x = SparseTensor.from_mask(defect.defective, dtype=torch.float64)  # float64: no pruning decision flips on rounding
     torch.manual_seed(0)
-    net = SparseCompletionNet("ch1").double().train()  # batch statistics keep the logits O(1); no target: keep = logit > 0
+    net = SparseCompletionNet("ch1", skips=skips).double().train()  # batch statistics keep the logits O(1); no target: keep = logit > 0
     with torch.no_grad():
         for cls in net.classify:
             torch.nn.init.zeros_(cls.bias)
@@ -76,4 +77,22 @@ def test_paper_network_inference_parity(skull_128):
     for a, b in zip(ref.levels, got.levels):
         assert a.kept == b.kept
         assert_close(torch.sort(a.logits).values, torch.sort(b.logits).values, rtol=1e-4, atol=1e-4)
+    assert len(ref.levels) == 6 and ref.levels[-1].kept > 0
     assert torch.equal(ref.output.coords, S.from_spconv(got.output).coords)
+
+
+def test_union_matches_the_torch_engine_and_refuses_other_grids():
+    from sparseskull.sparse import functional as F
+
+    g = torch.Generator().manual_seed(4)
+    idx = (torch.rand(1, 12, 10, 9, generator=g) < 0.3).nonzero()
+    x = SparseTensor.from_coords(idx * 2, torch.randn(len(idx), 3, generator=g, dtype=torch.float64), stride=2)
+    keep = torch.rand(len(x), generator=g) < 0.4
+    other = x.replace(torch.randn(len(x), 3, generator=g, dtype=torch.float64))
+    want = F.union(F.prune(x, keep), other)
+    sx = S.to_spconv(x)
+    have = S.from_spconv(S.union(S.prune(sx, keep), S.to_spconv(other)))
+    assert torch.equal(want.coords, have.coords)
+    assert_close(want.feats, have.feats)
+    with pytest.raises(ValueError, match="one grid"):
+        S.union(sx, S.SpconvTensor(sx.t, 4, sx.origin))

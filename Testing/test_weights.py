@@ -90,3 +90,35 @@ def test_info_must_match_the_model():
         save_model(SparseCompletionNet(CH), "/tmp/never.safetensors", ModelInfo(channels=(1, 1, 1, 1, 1, 1, 1)))
     with pytest.raises(ValueError, match="task"):
         ModelInfo(channels=CH, task="segmentation")
+
+
+def test_skips_are_recorded_and_a_file_without_the_key_loads_as_before(tmp_path):
+    """A skip network's file says so and loads with its skips (its outputs unchanged); a file written before
+    skips existed (no key) loads as the network without them; the flag must match the model on save."""
+    torch.manual_seed(0)
+    model = SparseCompletionNet(CH, skips=True).eval()
+    path = save_model(model, tmp_path / "s.safetensors", ModelInfo(channels=CH, skips=True, spacing_mm=(1.0, 1.0, 1.0)))
+    loaded, info = load_model(path)
+    assert info.skips and loaded.skips
+    g = torch.Generator().manual_seed(2)
+    idx = (torch.rand(1, 40, 40, 40, generator=g) < 0.05).nonzero()
+    x = SparseTensor.from_coords(idx, torch.ones(len(idx), 1))
+    with torch.no_grad():
+        a, b = model(x, tau=-1.0), loaded(x, tau=-1.0)
+    assert [lv.kept for lv in a.levels] == [lv.kept for lv in b.levels]
+    assert torch.equal(a.levels[-1].logits, b.levels[-1].logits)
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["sparseskull"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    del meta["skips"]  # as in files from before skip connections
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={"sparseskull": json.dumps(meta)})
+    plain, info = load_model(old)
+    assert not info.skips and not plain.skips
+
+    with pytest.raises(ValueError, match="skips"):
+        save_model(model, tmp_path / "x.safetensors", ModelInfo(channels=CH))

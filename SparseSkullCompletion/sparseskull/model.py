@@ -7,6 +7,12 @@ classifier and pruning. Every convolution but the classifiers is followed by bat
 as in MinkowskiEngine's completion example; the classifiers have a bias. With ``ch1`` this gives
 434,686 parameters, the count MinkowskiEngine reports for the paper's network.
 
+Skip connections (``skips=True``, the paper's reference code): each decoder level, after its refining
+convolution, is united with the encoder's output at the same stride (the union of their points, features
+summed where both have one), and the level's classifier and pruning run on that union. The decoder thus
+keeps the input's points ("maintaining the original input coordinates", the paper's Methods) and only
+adds what is missing and drops what is wrong. The skips add no parameter.
+
 Pruning: in training a generated point is kept when its logit > 0 or it lies in the ground truth
 at that level (not at the last level, whose output is the prediction); at inference when its
 logit > tau.
@@ -32,8 +38,9 @@ from sparseskull.sparse.nn import (
     prune,
     release_maps,
     target_mask,
+    union,
 )
-from sparseskull.sparse.functional import generative_conv_transpose_elu
+from sparseskull.sparse.functional import check_point_cap, generative_conv_transpose_elu
 from sparseskull.sparse.tensor import CoordinateSet
 
 CHANNEL_PRESETS = {"ch1": (8, 8, 16, 16, 32, 32, 64), "ch2": (22, 32, 32, 128, 156, 256, 388)}
@@ -91,11 +98,13 @@ class CompletionOutput:
 
 
 class SparseCompletionNet(nn.Module):
-    """Table 1 of the paper; ``channels``: 'ch1', 'ch2' or seven integers."""
+    """Table 1 of the paper; ``channels``: 'ch1', 'ch2' or seven integers; ``skips``: unite each decoder
+    level with the encoder's output at its stride (the reference code's additive skips)."""
 
-    def __init__(self, channels="ch1"):
+    def __init__(self, channels="ch1", skips: bool = False):
         super().__init__()
         self.channels = parse_channels(channels)
+        self.skips = bool(skips)
         c = self.channels
         enc = [_block(SparseConv3d(1, c[0], 3, bias=False), c[0])]
         for i in range(1, 7):
@@ -126,13 +135,22 @@ class SparseCompletionNet(nn.Module):
         if point_count(x) == 0:
             raise ValueError("the input skull is empty: there is nothing to complete")
         inputs = x
+        encoded = []  # the encoder's output at strides 1, 2, ..., 32: the skips' sources
         for block in self.encoder:
             x = block(x)
+            if self.skips:
+                encoded.append(x)
         release_maps(inputs)  # the input level is done: its kernel maps go now, though the caller keeps the input
+        if encoded:
+            encoded.pop()  # stride 64 is the bottleneck itself
         levels: list[LevelOutput] = []
         for depth, (up, refine, classify) in enumerate(zip(self.up, self.refine, self.classify)):
             last = depth == len(self.up) - 1
-            x = refine(up(x, max_points=max_points, level=f"decoder level {depth + 1} of {len(self.up)}"))
+            where = f"decoder level {depth + 1} of {len(self.up)}"
+            x = refine(up(x, max_points=max_points, level=where))
+            if self.skips:
+                x = union(x, encoded.pop())
+                check_point_cap(point_count(x), point_count(x), max_points, where)
             logits = features(classify(x))[:, 0]
             truth = target_mask(x, target) if target is not None else None
             keep = truth if oracle else logits > tau

@@ -55,6 +55,7 @@ class TrainConfig:
     resolution: int = 64
     sr_from: int | None = None
     channels: str = "ch1"
+    skips: bool = False  # the reference code's skip connections (encoder level united with the decoder's)
     steps: int = 2000
     batch_size: int = 4
     lr: float = 2e-3
@@ -366,6 +367,9 @@ def _init_from(model: SparseCompletionNet, config: TrainConfig) -> None:
     init, info = load_model(config.init, task=config.task)
     if tuple(info.channels) != tuple(model.channels):
         raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {list(model.channels)}")
+    if bool(info.skips) != model.skips:
+        raise ValueError(f"--init {config.init}: {'with' if info.skips else 'without'} skip connections, but this run trains a network "
+                         f"{'with' if model.skips else 'without'} them (--skips)")
     if info.resolution != config.resolution:
         print(f"note: --init {config.init} was trained at {info.resolution}; fine-tuning it at {config.resolution}", file=sys.stderr)
     model.load_state_dict(init.state_dict())
@@ -406,7 +410,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     val_pairs = PairSampler(val_skulls, config.task, aug, config.classes).fixed(config.seed) if val_skulls else []
 
     torch.manual_seed(config.seed)
-    model = SparseCompletionNet(config.channels).to(device).train()
+    model = SparseCompletionNet(config.channels, skips=config.skips).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start, history = 0, {"best_val_dsc": None, "best_step": None, "seconds": 0.0}
@@ -571,6 +575,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
     spacing = np.mean([s.complete.spacing_mm for s in train_skulls], axis=0)
     info = ModelInfo(
         channels=parse_channels(config.channels),
+        skips=config.skips,
         task=config.task,
         resolution=config.resolution,
         input_resolution=config.sr_from if config.task == "super-resolution" else config.resolution,
@@ -662,6 +667,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=d.resolution, help="in-plane grid: 64, 128, 256 or 512 (default 64)")
     p.add_argument("--sr-from", type=int, default=None, help="super-resolution: the coarse resolution (e.g. 64)")
     p.add_argument("--channels", default=d.channels, help="ch1, ch2 or seven comma-separated counts (default ch1)")
+    p.add_argument("--skips", action="store_true", help="skip connections: each decoder level keeps the encoder's points at its stride "
+                   "(the paper's reference code; recommended)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="skulls per step and process")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (warm-up, then cosine decay)")

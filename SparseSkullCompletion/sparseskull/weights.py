@@ -40,6 +40,7 @@ class ModelInfo:
     spacing_mm: tuple[float, float, float] | None = None
     tau: float = 0.0
     architecture: str = SPARSE
+    skips: bool = False  # the decoder unites each level with the encoder's (files without the key: False)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     package_version: str = __version__
@@ -68,6 +69,8 @@ def save_model(model: SparseCompletionNet, path: str | os.PathLike, info: ModelI
 
     if tuple(info.channels) != tuple(model.channels):
         raise ValueError(f"info.channels {info.channels} differ from the model's {model.channels}")
+    if bool(info.skips) != bool(getattr(model, "skips", False)):
+        raise ValueError(f"info.skips {info.skips} differs from the model's {getattr(model, 'skips', False)}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": _digest(tensors), **asdict(info)}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sparseskull": json.dumps(meta)}))
@@ -139,8 +142,10 @@ def load_model(path: str | os.PathLike, task: str | None = None, device: str | t
     if _digest(tensors) != meta.get("sha256"):
         raise ModelFileError(f"{path}: the weights do not match their checksum: the file is corrupted")
     try:
-        model = _network(info.architecture)(info.channels)
+        model = _network(info.architecture)(info.channels, **({"skips": True} if info.skips else {}))
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the weights do not fit a {info.architecture} with channels {list(info.channels)} ({exc})") from None
+    except TypeError as exc:  # e.g. skips asked of the dense network, which has none
+        raise ModelFileError(f"{path}: invalid metadata for {info.architecture} ({exc})") from None
     return model.to(device).eval(), info

@@ -17,7 +17,7 @@ import torch
 
 from sparseskull.sparse.functional import check_point_cap
 from sparseskull.sparse.kernel_map import coarsen_to
-from sparseskull.sparse.tensor import CoordinateSet, SparseTensor, pack
+from sparseskull.sparse.tensor import CoordinateSet, SparseTensor, pack, unpack
 
 ALIGN = 64  # spatial shapes are padded to the network's total stride, so strided convs keep border points
 
@@ -159,13 +159,29 @@ def prune(x: SpconvTensor, keep: torch.Tensor) -> SpconvTensor:
     return SpconvTensor(t, x.stride, x.origin)
 
 
-def union(a, b):
-    raise NotImplementedError("union is not offered by the spconv backend; use the torch backend")
+def union(a: SpconvTensor, b: SpconvTensor) -> SpconvTensor:
+    """Points of either tensor, features summed where both have one (spconv has no such op: the keys are
+    merged here, in the torch engine's canonical order). Both must come from one input (same origin)."""
+    if a.stride != b.stride or a.origin != b.origin:
+        raise ValueError(f"union needs one grid: strides {a.stride}, {b.stride}, origins {a.origin}, {b.origin}")
+    fa, fb = a.t.features, b.t.features
+    if fa.shape[1] != fb.shape[1]:
+        raise ValueError(f"union needs equal channel counts; got {fa.shape[1]} and {fb.shape[1]}")
+    idx = torch.cat([a.t.indices, b.t.indices]).to(torch.int64)
+    keys, inverse = torch.unique(pack(idx), sorted=True, return_inverse=True)
+    feats = fa.new_zeros(len(keys), fa.shape[1]).index_add_(0, inverse, torch.cat([fa, fb]))
+    shape = [max(p, q) for p, q in zip(a.t.spatial_shape, b.t.spatial_shape)]
+    t = _spconv().SparseConvTensor(feats, unpack(keys), shape, max(a.t.batch_size, b.t.batch_size))
+    return SpconvTensor(t, a.stride, a.origin)
 
 
 def target_mask(x: SpconvTensor, target: CoordinateSet) -> torch.Tensor:
     level = coarsen_to(target, x.stride)
     return level.lookup(pack(x.coords.to(level.device))) < len(level)
+
+
+def _same(ref: SparseTensor, got: SparseTensor, atol: float) -> bool:
+    return torch.equal(ref.coords, got.coords) and torch.allclose(ref.feats, got.feats, atol=atol, rtol=1e-4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,9 +203,16 @@ def self_check(device: str = "cpu", atol: float = 1e-4) -> bool:
             else:
                 ref = F.conv(x, w, None, k, stride)
                 got = from_spconv(conv(to_spconv(x, check=False), w, None, k, stride))
-            if not torch.equal(ref.coords, got.coords) or not torch.allclose(ref.feats, got.feats, atol=atol, rtol=1e-4):
+            if not _same(ref, got, atol):
                 raise RuntimeError(
                     f"spconv self-check failed on {device} for {kind} (kernel {k}): it disagrees with the torch engine; "
                     "use the torch backend"
                 )
+            if kind == "subm":  # the skips' union: a pruned tensor with another on the same grid
+                keep = (torch.rand(len(ref), generator=g) < 0.5).to(device)
+                other = SparseTensor(torch.randn(len(ref), 6, generator=g).to(device), ref.cset)
+                want = F.union(F.prune(ref, keep), other)
+                have = from_spconv(union(prune(to_spconv(ref, check=False), keep), to_spconv(other, check=False)))
+                if not _same(want, have, atol):
+                    raise RuntimeError(f"spconv self-check failed on {device} for union: it disagrees with the torch engine; use the torch backend")
     return True
