@@ -129,14 +129,20 @@ def test_dense_training_lowers_its_dice_loss(tiny_data, tmp_path):
     assert np.mean(loss[-3:]) < np.mean(loss[:3]) - 0.05
 
 
-def test_evaluate_reports_the_dense_baseline_beside_the_model(tiny_data, dense_model, tmp_path):
+def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, dense_model, tmp_path):
+    """The report's rows: the network's own implant (no spanning), the spanned pipeline, then the baselines (the
+    geometric one with no network, and the dense network), each a full set of means."""
     from sparseskull.evaluate import evaluate
 
-    summary = evaluate(tiny_data, tmp_path / "r", limit=1, baselines=("dense",), dense_model=str(dense_model), pictures=0, progress=False)
+    summary = evaluate(tiny_data, tmp_path / "r", limit=1, baselines=("opening", "dense"), dense_model=str(dense_model), pictures=0,
+                       progress=False)
     dense = summary["baselines"]["dense"]
     assert set(dense) == set(METRICS) and 0 <= dense["implant_dsc"] <= 1 and 0 < dense["completion_dsc"] <= 1
+    assert set(summary["baselines"]["opening"]) == set(METRICS) and set(summary["network_alone"]) == set(METRICS)
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "| dense |" in report and f"| {summary['model']} |" in report
+    rows = [line for line in report.splitlines() if line.startswith("| network alone |") or line.startswith(f"| {summary['model']} spanned |")
+            or line.startswith("| opening |") or line.startswith("| dense |")]
+    assert [r.split("|")[1].strip() for r in rows] == ["network alone", f"{summary['model']} spanned", "opening", "dense"]
     with open(tmp_path / "r" / "cases.csv") as f:
         row = next(csv.DictReader(f))
     assert float(row["dense_completion_dsc"]) == pytest.approx(dense["completion_dsc"], abs=1e-5)

@@ -101,3 +101,28 @@ def test_clean_implant_spans_on_request():
     from scipy import ndimage
 
     assert not (gap & (ndimage.distance_transform_edt(~skull.array) <= 1.5)).any(), "the clearance holds for the spanned plate"
+
+
+def test_the_geometric_baseline_finds_and_spans_the_largest_opening():
+    """No network: on a vault open below (the natural opening) with a cap cut off the top and a smaller hole in
+    the side, the baseline picks the cap's opening (the largest that does not reach below the centre) and spans
+    it from the bone around; the side hole and the open base stay open."""
+    from sparseskull.baselines import largest_opening_seed, opening_completion
+
+    spacing = (1.0, 1.0, 1.0)
+    x, y, z, r, shell = _vault(spacing)
+    cap = shell & (z > 45)
+    side = shell & (x > 60) & (np.abs(y) < 8) & (np.abs(z - 10) < 8)
+    skull = Volume(shell & ~cap & ~side, spacing)
+    seed, info = largest_opening_seed(skull, centre=np.array([0.0, 0.0, 0.0]) + skull.index_to_lps(np.array([[85, 85, 85]]))[0])
+    assert seed.any() and not (seed & side).any(), info
+    assert (seed & (z > 40)).sum() == seed.sum(), "the seed lies in the cap's opening"
+    completed, _ = opening_completion(skull, 100.0)
+    implant = completed & ~skull.array
+    assert dice(implant, cap) > 0.8  # the default curvature 0.5 (exact on a sphere with 1: see the tests above)
+    assert abs(int(implant.sum()) - int(cap.sum())) < 0.15 * cap.sum()
+    assert not (implant & side).any() and not (implant & (z < -20)).any()
+
+    intact = Volume(shell, spacing)  # no opening but the natural one: nothing to fill
+    seed, info = largest_opening_seed(intact)
+    assert not seed.any() and info["opening_directions"] == 0

@@ -290,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", default=None, help="only these case ids")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.add_argument("--json", default=None, help="also write the summary (means as completion_dsc, implant_dsc, ...) to this file")
-    p.add_argument("--baselines", nargs="*", default=[], choices=["mirror", "dense"],
-                   help="also score these baselines (mirror: reflect the skull about its mid-sagittal plane; "
+    p.add_argument("--baselines", nargs="*", default=[], choices=["opening", "mirror", "dense"],
+                   help="also score these baselines (opening: no network, the vault's largest opening spanned; "
+                        "mirror: reflect the skull about its mid-sagittal plane; "
                         "dense: the paper's dense network with Dice loss, through the same pipeline)")
     p.add_argument("--record", action="store_true",
                    help="write the means beside the model file (<name>.evaluation.json, tied to its weights), for `sparseskull models` and Slicer")

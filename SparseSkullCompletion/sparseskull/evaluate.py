@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from sparseskull.pipeline import GRID_MARGIN, CompleteOptions, NetworkCompleter,
 METRICS = ("completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "implant_hd95_mm")
 
 
-BASELINES = ("mirror", "dense")
+BASELINES = ("opening", "mirror", "dense")  # opening: no network, the vault's largest opening spanned
 DENSE_BASELINE = "dense-ch1-64"  # the shipped dense network (Table 1's layers, Dice loss)
 
 
@@ -45,7 +46,8 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
     if not complete.same_grid(defective):
         raise ValueError(f"case {case.name}: the complete and defective skulls are on different grids")
     truth_implant = np.asarray(complete.array, bool) & ~np.asarray(defective.array, bool)
-    result = complete_skull(defective, options, completer=completer)
+    memo = _Remembered(completer)
+    result = complete_skull(defective, options, completer=memo)
     m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
     cm3 = defective.voxel_volume_mm3 / 1000.0
     if picture is not None:
@@ -55,6 +57,12 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
                           f"case {case.case_id}{' (' + case.defect_class + ')' if case.defect_class else ''}: implant DSC {m['dsc']:.3f}, "
                           f"bDSC {m['bdsc']:.3f}, HD95 {m['hd95_mm']:.2f} mm")
     extra: dict = {}
+    if options.span_opening:  # the network's own implant first: the same network output, cleaned without spanning
+        alone = complete_skull(defective, replace(options, span_opening=False), completer=memo)
+        b = implant_metrics(alone.implant.array, truth_implant, defective.array, defective.spacing_mm)
+        extra.update({"network_implant_dsc": b["dsc"], "network_implant_bdsc": b["bdsc"], "network_implant_hd95_mm": b["hd95_mm"],
+                      "network_completion_dsc": dice(alone.completed.array, complete.array),
+                      "network_completion_re": reconstruction_error(alone.completed.array, complete.array)})
     if "mirror" in baselines:
         from sparseskull.baselines import mirror_completion
         from sparseskull.pipeline import clean_implant
@@ -67,6 +75,14 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         b = implant_metrics(implant, truth_implant, defective.array, defective.spacing_mm)
         extra.update({"mirror_implant_dsc": b["dsc"], "mirror_implant_bdsc": b["bdsc"], "mirror_implant_hd95_mm": b["hd95_mm"],
                       "mirror_completion_dsc": dice(np.asarray(defective.array, bool) | implant, complete.array)})
+    if "opening" in baselines:
+        from sparseskull.baselines import opening_completion
+
+        done, _ = opening_completion(defective, options.min_implant_mm3, options.keep_fraction)
+        implant = done & ~np.asarray(defective.array, bool)
+        b = implant_metrics(implant, truth_implant, defective.array, defective.spacing_mm)
+        extra.update({"opening_implant_dsc": b["dsc"], "opening_implant_bdsc": b["bdsc"], "opening_implant_hd95_mm": b["hd95_mm"],
+                      "opening_completion_dsc": dice(done, complete.array), "opening_completion_re": reconstruction_error(done, complete.array)})
     if "dense" in baselines:
         d = complete_skull(defective, options, completer=dense)
         b = implant_metrics(d.implant.array, truth_implant, defective.array, defective.spacing_mm)
@@ -89,6 +105,24 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         "seconds": time.perf_counter() - t0,
         **extra,
     }
+
+
+class _Remembered:
+    """A completer that answers a repeated input from memory: the network runs once per case when the same
+    output is cleaned two ways (with and without spanning)."""
+
+    def __init__(self, completer):
+        self.completer, self.last = completer, None
+
+    def __getattr__(self, name):
+        return getattr(self.completer, name)
+
+    def __call__(self, coarse: np.ndarray, grid=None) -> np.ndarray:
+        if self.last is not None and self.last[0].shape == coarse.shape and np.array_equal(self.last[0], coarse):
+            return self.last[1]
+        out = self.completer(coarse, grid)
+        self.last = (coarse.copy(), out)
+        return out
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -203,6 +237,7 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
                  + (" (all held out of the model's training)" if held_out and set(case_ids) <= held_out else "")
                  + ", through the complete pipeline on each case's full grid; means"),
         "cases": case_ids,
+        **({"network_alone": {k: None if v is None else round(v, 4) for k, v in summary["network_alone"].items()}} if "network_alone" in summary else {}),
         "pipeline": {"min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
                      "min_implant_mm3": options.min_implant_mm3,
                      "clearance_mm": options.clearance_mm, "min_thickness_mm": options.min_thickness_mm},
@@ -324,10 +359,13 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
     classes = sorted({r["defect_class"] for r in rows if r["defect_class"]})
     summary["by_class"] = {c: {key: summarise([r for r in rows if r["defect_class"] == c])[key]["mean"] for key in METRICS} for c in classes}
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
+    if "network_implant_dsc" in stats:  # the network's own implant (no spanning), beside the spanned pipeline's
+        summary["network_alone"] = {key: stats[f"network_{key}"]["mean"] for key in METRICS}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
                     "device": str(completer.device), "backend": completer.backend, "span_opening": options.span_opening, "statistics": stats})
     _write_table(rows, summary, stage)
-    methods = [(completer.name, "")] + [(b, f"{b}_") for b in baselines]
+    alone = [("network alone", "network_")] if "network_alone" in summary else []
+    methods = alone + [(completer.name + (" spanned" if alone else ""), "")] + [(b, f"{b}_") for b in baselines]
     _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}", methods)
     lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
              "Each defective skull went through the `sparseskull complete` pipeline on its full grid"
@@ -335,12 +373,15 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
              "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
     for key, s in stats.items():
         lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
-    if baselines:
-        lines += ["", "Against the baselines (means), each through the same pipeline and cleaning"
-                  " (mirror: reflected skull, cleaned without the reach filter"
+    if alone or baselines:
+        lines += ["", "The network's own implant first (its output through the pipeline without spanning), then the pipeline"
+                  + (" with spanning" if alone else "") + ", then the baselines (means), each through the same pipeline and cleaning"
+                  " (opening: no network, the vault's largest opening found from the defective skull and spanned;"
+                  " mirror: reflected skull, cleaned without the reach filter"
                   + (", spanned the same way" if options.span_opening else "") + "):", "",
                   "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
-                  f"| {completer.name} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
+                  *([f"| network alone | " + " | ".join(_fmt(summary["network_alone"][k]) for k in METRICS) + " |"] if alone else []),
+                  f"| {completer.name}{' spanned' if alone else ''} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
         lines += [f"| {b} | " + " | ".join(_fmt(summary["baselines"][b].get(k)) for k in METRICS) + " |" for b in baselines]
     if summary["by_class"]:
         lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
