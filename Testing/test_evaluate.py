@@ -11,6 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from sparseskull.models import default_model_name
+
 from sparseskull.evaluate import METRICS, summarise
 
 
@@ -34,7 +36,7 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     for key in METRICS:
         assert key in summary
     assert summary["cases"] == 2 and 0 <= summary["implant_dsc"] <= 1 and 0.5 < summary["completion_dsc"] <= 1
-    assert summary["model"] == "skullfix-ch1-64"
+    assert summary["model"] == default_model_name()
     assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases", "cases.csv", "report.md", "summary.json"]
     pictures = sorted((out / "cases").iterdir())  # one side-by-side picture, as asked
     assert len(pictures) == 1 and pictures[0].suffix == ".png"

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparseskull.models import default_model_name
+from sparseskull.weights import read_info
+
 try:
     import slicer
 except ImportError:
@@ -155,7 +158,7 @@ def test_complete_skull_on_the_sample_ct_runs_the_core_in_a_child_process(scene,
     assert seconds < 120, seconds
     seg = results.segmentation.GetSegmentation()
     assert [seg.GetNthSegment(i).GetName() for i in range(3)] == ["Defective skull", "Completed skull", "Implant"]
-    assert results.report["model"]["name"] == "skullfix-ch1-64" and results.report["defect_found"]
+    assert results.report["model"]["name"] == default_model_name() and results.report["defect_found"]
     assert any(line.startswith("[4/8] network") for line in results.log)
     assert "Implant" in results.summary and "cm3" in results.summary
 
@@ -245,7 +248,8 @@ def test_bone_preview_follows_the_threshold(scene, logic, sample, tmp_path):
 def test_model_device_and_backend_choices(tmp_path, monkeypatch, logic):
     monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
     choices = logic.modelChoices()
-    assert choices[0][0].startswith("skullfix-ch1-64") and Path(choices[0][1]).is_file()
+    assert choices[0][0].startswith(default_model_name()) and Path(choices[0][1]).is_file()
+    grid = read_info(choices[0][1]).resolution
     assert logic.deviceChoices()[:2] == [("Auto", "auto"), ("CPU", "cpu")]
     assert "Detected:" in logic.deviceSummary()
     assert logic.backendChoices()[0] == "torch"
@@ -259,7 +263,7 @@ def test_model_device_and_backend_choices(tmp_path, monkeypatch, logic):
     shutil.copy(choices[0][1], run / "model.safetensors")
     assert logic.registerModel(run / "model.safetensors") == "run1"
     labels = [label for label, _ in logic.modelChoices()]
-    assert labels[0].startswith("skullfix-ch1-64") and "run1 (64^2, yours)" in labels
+    assert labels[0].startswith(default_model_name()) and f"run1 ({grid}^2, yours)" in labels
     (run / "model.safetensors").unlink()  # a moved or deleted model drops out of the list
     assert [label for label, _ in logic.modelChoices()] == labels[:1]
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparseskull.models import default_model_name
+
 try:
     from PySide6 import QtGui, QtWidgets
 except ImportError:
@@ -60,7 +62,7 @@ def test_the_panel_renders_with_the_choices_of_this_machine(app, tmp_path):
     panel = render_panel.load_panel()
     render_panel.fill(panel, report)
     models = panel.findChild(QtWidgets.QComboBox, "modelComboBox")
-    assert models.count() >= 1 and models.itemText(0).startswith("skullfix-ch1-64")
+    assert models.count() >= 1 and models.itemText(0).startswith(default_model_name())
     assert panel.findChild(QtWidgets.QComboBox, "backendComboBox").itemText(0) == "torch"
     assert panel.findChild(QtWidgets.QLabel, "statusLabel").text() == "Implant 28.6 cm3, model skullfix-ch1-64, 8 s on cpu."
     assert panel.findChild(QtWidgets.QPushButton, "applyButton").text() == "Complete skull"
