@@ -208,3 +208,23 @@ def test_a_child_process_keeps_only_the_latest_lines(monkeypatch):
     while not child.drained():
         child.lines()
     assert len(child.log) == 5 and child.log[-1].startswith("Namespaces are one honking great idea")
+
+
+def test_a_skip_network_trains_and_a_checkpoint_exports_as_it_stands(tiny_data, tmp_path):
+    """--skips trains the skip network and its model file says so; --export writes the checkpoint's model without
+    training: at the last step it is the run's own model, tensor for tensor, and its metadata names the step."""
+    from sparseskull.train import export_checkpoint
+    from sparseskull.weights import load_model
+
+    result = train(_config(tiny_data, tmp_path / "skip", skips=True, steps=4, val_every=4), progress=False)
+    ours, info = load_model(result.model_path)
+    assert info.skips and ours.skips and info.training["skips"] is True
+    path = export_checkpoint(tmp_path / "skip", progress=False)
+    assert path.name == "model-step4.safetensors"
+    exported, einfo = load_model(path)
+    assert einfo.skips and einfo.training["steps"] == 4 and "planned_steps" not in einfo.training
+    for (k, a), (_, b) in zip(ours.state_dict().items(), exported.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="without skip connections, but this run trains a network with them"):
+        plain = train(_config(tiny_data, tmp_path / "plain", steps=1), progress=False)
+        train(_config(tiny_data, tmp_path / "init", skips=True, steps=1, init=str(plain.model_path)), progress=False)

@@ -569,7 +569,7 @@ def _write_csv(path, rows) -> None:
         w.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
 
 
-def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, history, val, device) -> Path:
+def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, history, val, device, planned_steps: int | None = None) -> Path:
     from sparseskull.weights import ModelInfo, save_model
 
     spacing = np.mean([s.complete.spacing_mm for s in train_skulls], axis=0)
@@ -587,6 +587,9 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "val_skulls": len(val_skulls),
             "val_case_ids": [s.case_id for s in val_skulls],
             "steps": config.steps,
+            **({"planned_steps": planned_steps, "note": f"exported from the checkpoint at step {config.steps} of {planned_steps} "
+                "(the cosine schedule planned for the latter)"} if planned_steps and planned_steps != config.steps else {}),
+            "skips": config.skips,
             "batch_size": config.batch_size,
             "lr": config.lr,
             "augmentation": {"flip_axes": list(config.flip_axes), "rotate_deg": config.rotate_deg, "shift": config.shift,
@@ -601,6 +604,31 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
                  "best_val_dsc": history["best_val_dsc"], "best_step": history["best_step"]},
     )
     return save_model(model.cpu(), path, info)
+
+
+def export_checkpoint(run: str | os.PathLike, progress: bool = True) -> Path:
+    """The model as it stands in a run's checkpoint, exported to ``RUN/model-step<N>.safetensors`` (a stopped or
+    unfinished run: its metadata says the step it was taken at and the steps the schedule was planned for)."""
+    from dataclasses import replace
+
+    run = Path(run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    config = TrainConfig.from_dict(json.loads(state["config"]))
+    step, history = int(state["step"]), json.loads(state["history"])
+    model = SparseCompletionNet(config.channels, skips=config.skips)
+    model.load_state_dict(state["model"])
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm
+    skulls = load_skulls(config.data, config.resolution, config.sr_from, progress=bar, limit=config.max_cases)
+    train_skulls, val_skulls = split(skulls, config.validation, config.seed)
+    rows = [r for r in read_metrics(run / "metrics.csv") if int(r["step"]) <= step and r.get("val_dsc")]
+    val = float(rows[-1]["val_dsc"]) if rows else None
+    path = export(model.eval(), replace(config, steps=step), run / f"model-step{step}.safetensors", train_skulls, val_skulls, history, val,
+                  "cpu", planned_steps=config.steps)
+    return path
 
 
 # ---------------------------------------------------------------------------- from another program (Slicer)
@@ -663,6 +691,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data set folder (SkullFix or SkullBreak layout, real or from `sparseskull make-data`)")
     p.add_argument("--out", help="run folder: checkpoint, metrics.csv, curves.png, model.safetensors")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where its checkpoint stopped")
+    p.add_argument("--export", metavar="DIR", help="export the model in DIR's checkpoint as it stands (RUN/model-step<N>.safetensors), "
+                   "without training")
     p.add_argument("--task", choices=TASKS, default=d.task)
     p.add_argument("--resolution", type=int, default=d.resolution, help="in-plane grid: 64, 128, 256 or 512 (default 64)")
     p.add_argument("--sr-from", type=int, default=None, help="super-resolution: the coarse resolution (e.g. 64)")
@@ -708,6 +738,9 @@ def config_from_args(args) -> tuple[TrainConfig, bool]:
 
 
 def run(args) -> int:
+    if args.export:
+        print(f"exported: {export_checkpoint(args.export, progress=not args.no_progress)}")
+        return 0
     config, resume = config_from_args(args)
     result = train(config, resume=resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
