@@ -111,7 +111,9 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     assert f"{scores['implant_dsc']:.3f}" in default_row and f"{scores['implant_hd95_mm']:.1f}" in default_row
     assert f"{shipped.info.metrics['val_implant_dsc']:.3f}" in default_row.split("|")[-1]
     yours = next(line for line in lines if "(yours)" in line)
-    assert yours.split("|")[1].split() == ["-", "-", "-"]
+    assert yours.split("|")[1].split() == ["-", "-", "-", "-"]  # alone DSC, implant DSC, bDSC, HD95: never measured on it
+    if "network_alone" in scores:
+        assert default_row.split("|")[1].split()[0] == f"{scores['network_alone']['implant_dsc']:.3f}"
     from sparseskull.models import available_models
 
     baselines = [m for m in available_models(baselines=True) if m.baseline]
