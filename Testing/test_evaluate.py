@@ -136,8 +136,8 @@ def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, d
     geometric one with no network, and the dense network), each a full set of means."""
     from sparseskull.evaluate import evaluate
 
-    summary = evaluate(tiny_data, tmp_path / "r", limit=1, baselines=("opening", "dense"), dense_model=str(dense_model), pictures=0,
-                       progress=False)
+    summary = evaluate(tiny_data, tmp_path / "r", model="skullfix-ch1-64", limit=1, baselines=("opening", "dense"),  # the dense one is a 64
+                       dense_model=str(dense_model), pictures=0, progress=False)
     dense = summary["baselines"]["dense"]
     assert set(dense) == set(METRICS) and 0 <= dense["implant_dsc"] <= 1 and 0 < dense["completion_dsc"] <= 1
     assert set(summary["baselines"]["opening"]) == set(METRICS) and set(summary["network_alone"]) == set(METRICS)
