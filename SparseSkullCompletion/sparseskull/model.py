@@ -149,8 +149,9 @@ class SparseCompletionNet(nn.Module):
             where = f"decoder level {depth + 1} of {len(self.up)}"
             x = refine(up(x, max_points=max_points, level=where))
             if self.skips:
+                generated = point_count(x)
                 x = union(x, encoded.pop())
-                check_point_cap(point_count(x), point_count(x), max_points, where)
+                check_point_cap(point_count(x), generated, max_points, where)
             logits = features(classify(x))[:, 0]
             truth = target_mask(x, target) if target is not None else None
             keep = truth if oracle else logits > tau

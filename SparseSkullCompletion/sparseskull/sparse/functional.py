@@ -250,9 +250,15 @@ def union(a: SparseTensor, b: SparseTensor) -> SparseTensor:
         raise ValueError(f"union needs equal tensor strides; got {a.stride} and {b.stride}")
     if a.feats.shape[1] != b.feats.shape[1]:
         raise ValueError(f"union needs equal channel counts; got {a.feats.shape[1]} and {b.feats.shape[1]}")
-    keys, inverse = torch.unique(torch.cat([a.cset.keys, b.cset.keys]), sorted=True, return_inverse=True)
-    feats = a.feats.new_zeros(len(keys), a.feats.shape[1]).index_add(0, inverse, torch.cat([a.feats, b.feats]))
+    keys, feats = merge_rows(a.cset.keys, a.feats, b.cset.keys, b.feats)
     return SparseTensor(feats, CoordinateSet(keys, a.stride))
+
+
+def merge_rows(keys_a: torch.Tensor, feats_a: torch.Tensor, keys_b: torch.Tensor, feats_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted unique packed keys of both row sets, and their features summed where a key is in both (the
+    union's arithmetic, shared by every backend that lacks a union of its own)."""
+    keys, inverse = torch.unique(torch.cat([keys_a, keys_b]), sorted=True, return_inverse=True)
+    return keys, feats_a.new_zeros(len(keys), feats_a.shape[1]).index_add(0, inverse, torch.cat([feats_a, feats_b]))
 
 
 def target_mask(x: SparseTensor, target: CoordinateSet) -> torch.Tensor:

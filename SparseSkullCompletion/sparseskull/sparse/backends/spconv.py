@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseskull.sparse.functional import check_point_cap
+from sparseskull.sparse.functional import check_point_cap, merge_rows
 from sparseskull.sparse.kernel_map import coarsen_to
 from sparseskull.sparse.tensor import CoordinateSet, SparseTensor, pack, unpack
 
@@ -167,9 +167,7 @@ def union(a: SpconvTensor, b: SpconvTensor) -> SpconvTensor:
     fa, fb = a.t.features, b.t.features
     if fa.shape[1] != fb.shape[1]:
         raise ValueError(f"union needs equal channel counts; got {fa.shape[1]} and {fb.shape[1]}")
-    idx = torch.cat([a.t.indices, b.t.indices]).to(torch.int64)
-    keys, inverse = torch.unique(pack(idx), sorted=True, return_inverse=True)
-    feats = fa.new_zeros(len(keys), fa.shape[1]).index_add_(0, inverse, torch.cat([fa, fb]))
+    keys, feats = merge_rows(pack(a.t.indices), fa, pack(b.t.indices), fb)
     shape = [max(p, q) for p, q in zip(a.t.spatial_shape, b.t.spatial_shape)]
     t = _spconv().SparseConvTensor(feats, unpack(keys), shape, max(a.t.batch_size, b.t.batch_size))
     return SpconvTensor(t, a.stride, a.origin)
