@@ -120,3 +120,20 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     assert [m.name for m in baselines] == ["dense-ch1-64"], "the dense baseline ships for evaluate"
     assert any(line.startswith("dense-ch1-64 (baseline)") for line in lines)
     assert not any(m.baseline for m in available_models()), "but is never offered for completing a skull (Slicer's list)"
+
+
+def test_demo_takes_no_span_for_the_networks_own_implant(monkeypatch):
+    """`sparseskull demo --no-span` runs the demo with spanning off (the README's network-alone figure on the sample)."""
+    import sparseskull.demo as demo
+    from sparseskull.cli import main
+
+    seen = {}
+
+    def fake(out, **kw):
+        seen.update(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(demo, "run_demo", fake)
+    assert main(["demo", "--no-span", "--out", "/nonexistent/x"]) == 1
+    assert seen["span_opening"] is False
+    assert main(["demo", "--out", "/nonexistent/x"]) == 1 and seen["span_opening"] is True

@@ -50,7 +50,7 @@ def _cmd_demo(args) -> int:
     from sparseskull.demo import run_demo
 
     report = run_demo(args.out, threshold_hu=args.threshold_hu, picture=not args.no_picture, model=args.model, device=args.device,
-                      backend=args.backend, progress=_stage_printer())
+                      backend=args.backend, progress=_stage_printer(), span_opening=not args.no_span)
     truth = report["vs_truth"]
     hd95 = "-" if truth["implant_hd95_mm"] is None else f"{truth['implant_hd95_mm']:.2f} mm"
     print(f"against the sample's ground truth: implant DSC {truth['implant_dsc']:.3f}, bDSC {truth['implant_bdsc']:.3f}, HD95 {hd95}; "
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (replaced when the run succeeds; default: demo_out)")
     p.add_argument("--threshold-hu", type=_threshold, default=300.0, help="bone threshold in HU, or auto (default 300)")
     p.add_argument("--no-picture", action="store_true", help="skip the preview PNG")
+    p.add_argument("--no-span", action="store_true", help="the network's own implant: the pipeline without spanning the opening")
     _model_options(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -47,10 +47,10 @@ def compare_with_truth(result: CompletionResult, truth_implant, truth_complete, 
 
 
 def run_demo(out: str | os.PathLike = "demo_out", threshold_hu: float | str = DEFAULT_THRESHOLD_HU, picture: bool = True,
-             model: str | None = None, device: str = "auto", backend: str = "torch", progress=None) -> dict:
+             model: str | None = None, device: str = "auto", backend: str = "torch", progress=None, span_opening: bool = True) -> dict:
     """Complete the bundled sample CT; write the implant STL, masks, preview and report to ``out``."""
     sample = load_sample()
-    options = CompleteOptions(threshold_hu=threshold_hu, model=model, device=device, backend=backend, preview=picture)
+    options = CompleteOptions(threshold_hu=threshold_hu, model=model, device=device, backend=backend, preview=picture, span_opening=span_opening)
 
     def truth(result: CompletionResult) -> dict:
         return {"sample": sample.info.get("what", "generated CT"), "vs_truth": compare_with_truth(result, sample.implant, sample.complete, sample.defective)}
