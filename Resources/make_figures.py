@@ -15,12 +15,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-from sparseskull.io import read_mask
-from sparseskull.render import BONE, IMPLANT, render_surfaces, slice_views, view_towards
-from sparseskull.synth.ct import synthesize_ct
-from sparseskull.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
-from sparseskull.synth.skull import generate_skull
+from sparseskull.data.io import read_mask
+from sparseskull.data.synth.ct import synthesize_ct
+from sparseskull.data.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
+from sparseskull.data.synth.skull import generate_skull
+from sparseskull.implant.render import BONE, IMPLANT, render_surfaces, slice_views, view_towards
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "data" / "autoimplant2020" / "complete_skull" / "000.nrrd"

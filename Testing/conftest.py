@@ -25,7 +25,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def skull_128():
     """A generated skull on a 128 x 128 x Z grid (about 1.9 mm in-plane): fast, for logic tests."""
-    from sparseskull.synth.skull import generate_skull
+    from sparseskull.data.synth.skull import generate_skull
 
     return generate_skull(11, size=128)
 
@@ -35,7 +35,7 @@ def skull_512():
     """A generated skull at full resolution, with the seconds it took."""
     import time
 
-    from sparseskull.synth.skull import generate_skull
+    from sparseskull.data.synth.skull import generate_skull
 
     t0 = time.perf_counter()
     skull = generate_skull(5)
@@ -50,7 +50,7 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Three generated skulls at 128^2 x Z (the SkullBreak layout, five defect classes each) with 64 copies."""
-    from sparseskull.synth.make_data import make_data
+    from sparseskull.data.synth.make_data import make_data
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     make_data(out, 3, seed=3, size=128, ct="none", workers=1, progress=False)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from sparseskull.augment import Augmentation, augment
-from sparseskull.pairs import PairSampler, collate, dice_by_batch, load_skulls, split, upsample_nearest
+from sparseskull.data.augment import Augmentation, augment
+from sparseskull.data.pairs import (
+    PairSampler,
+    collate,
+    dice_by_batch,
+    load_skulls,
+    split,
+    upsample_nearest,
+)
 from sparseskull.sparse.tensor import CoordinateSet
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from sparseskull.bench import bench_engine, shell_coords
+import pytest
 from sparseskull.cli import main
+from sparseskull.evaluation.bench import bench_engine, shell_coords
 
 
 def test_shell_occupancy_matches_the_reference_shell():
@@ -14,6 +15,7 @@ def test_shell_occupancy_matches_the_reference_shell():
     assert len(coords) == int(shell.sum())
 
 
+@pytest.mark.slow
 def test_bench_engine_writes_rows_and_ratios(tmp_path):
     out = tmp_path / "engine.json"
     result = bench_engine(grids=(24,), backends=["torch", "dense"], threads=1, json_path=str(out))
@@ -28,17 +30,19 @@ def test_bench_engine_writes_rows_and_ratios(tmp_path):
     assert {"torch_vs_limit", "torch_vs_dense"} <= set(result["ratios"])
 
 
+@pytest.mark.slow
 def test_bench_cli(tmp_path, capsys):
     assert main(["bench", "engine", "--grids", "16", "--backends", "torch", "--threads", "1", "--json", str(tmp_path / "b.json")]) == 0
     assert "torch" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_network_rows_ratios_points_and_plot(tmp_path, capsys):
     """`sparseskull bench network` at 64 on a generated skull: a training step and inference for the sparse
     network (the shipped 64 model infers) and its dense counterpart, the JSON the issue names, the plot;
     and a run over the memory limit is reported as not fitting instead of crashing."""
     out, png = tmp_path / "network.json", tmp_path / "network.png"
-    from sparseskull.bench import bench_network
+    from sparseskull.evaluation.bench import bench_network
 
     result = bench_network(None, resolutions=(64,), backends=("torch",), steps=1, threads=1, json_path=str(out), plot_path=str(png))
     assert json.loads(out.read_text()) == result and png.stat().st_size > 10_000
@@ -58,9 +62,10 @@ def test_bench_network_rows_ratios_points_and_plot(tmp_path, capsys):
     assert tight["rows"][0]["error"].startswith("does not fit"), tight["rows"][0]
 
 
+@pytest.mark.slow
 def test_bench_train_measures_each_batch_size_in_its_own_process():
     """`sparseskull bench train --batch-sizes` (the paper's Table 5): a row per batch size, the batch made of copies."""
-    from sparseskull.bench import bench_train
+    from sparseskull.evaluation.bench import bench_train
 
     result = bench_train(resolutions=(64,), batch_sizes=(1, 4), steps=1, threads=1)
     rows = {r["batch"]: r for r in result["rows"]}

@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import pytest
-
 from sparseskull.cli import main
-from sparseskull.dataset import detect_layout, find_cases
-from sparseskull.io import read_mask, read_volume
-from sparseskull.resample import downsample_mask, downsample_to
-from sparseskull.synth.defects import DEFECT_CLASSES
-from sparseskull.synth.make_data import make_data
+from sparseskull.data.dataset import detect_layout, find_cases
+from sparseskull.data.io import read_mask, read_volume
+from sparseskull.data.resample import downsample_mask, downsample_to
+from sparseskull.data.synth.defects import DEFECT_CLASSES
+from sparseskull.data.synth.make_data import make_data
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +23,7 @@ def small_set(tmp_path_factory):
     return out, manifest
 
 
+@pytest.mark.slow
 def test_make_data_writes_the_skullbreak_layout(small_set):
     out, manifest = small_set
     assert [c["id"] for c in manifest["cases"]] == ["000", "001"]
@@ -104,7 +104,7 @@ def test_loader_reads_skullfix_skullbreak_and_complete_only_layouts(small_set, t
     shutil.copy(out / "complete_skull" / "001.nrrd", fix / "complete_skull" / "gen000.nrrd")
     mixed = find_cases(fix)
     assert [(c.case_id, c.defective is None) for c in mixed] == [("000", False), ("001", False), ("gen000", True)]
-    from sparseskull.pairs import load_skulls
+    from sparseskull.data.pairs import load_skulls
 
     skulls = load_skulls(fix, 64)
     assert [s.case_id for s in skulls] == ["000", "001", "gen000"] and [len(s.defects) for s in skulls] == [1, 1, 0]
@@ -142,6 +142,7 @@ def test_cli_make_data_and_help(tmp_path, capsys):
     assert main([]) == 2
 
 
+@pytest.mark.slow
 def test_make_data_full_size_two_cases_within_a_minute(tmp_path):
     """`sparseskull make-data /tmp/d --cases 2 --seed 0` at full size: the whole layout, in about a minute."""
     t0 = time.perf_counter()
@@ -155,8 +156,8 @@ def test_make_data_full_size_two_cases_within_a_minute(tmp_path):
 
 
 def test_pyramid_counts_blocks_exactly_like_a_direct_block_sum(rng):
-    from sparseskull.resample import downsample_pyramid
-    from sparseskull.volume import Volume
+    from sparseskull.data.resample import downsample_pyramid
+    from sparseskull.data.volume import Volume
 
     a = rng.random((37, 29, 21)) < 0.4  # odd sizes: the last blocks are padded with zeros
     mask = Volume(a, (0.5, 0.5, 0.8), (1.0, 2.0, 3.0))

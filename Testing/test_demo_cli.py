@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-
-from sparseskull import demo, pipeline
-from sparseskull.io import read_mask
-from sparseskull.mesh import check_mesh, read_stl
-from sparseskull.sample import load_sample, sample_dir
+from sparseskull.data.io import read_mask
+from sparseskull.data.sample import load_sample, sample_dir
+from sparseskull.evaluation import demo
+from sparseskull.implant import pipeline
+from sparseskull.implant.mesh import check_mesh, read_stl
 
 
 def test_bundled_sample_is_small_complete_and_consistent():
@@ -28,6 +28,7 @@ def test_bundled_sample_is_small_complete_and_consistent():
     assert s.info["defect_class"] == "parietotemporal"
 
 
+@pytest.mark.slow
 def test_demo_writes_implant_masks_picture_and_metrics(tmp_path):
     """The README's first command, in-process: the whole pipeline on the bundled CT with the default
     shipped model, and the comparison with the sample's ground truth."""
@@ -52,6 +53,7 @@ def test_demo_writes_implant_masks_picture_and_metrics(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folders left behind"
 
 
+@pytest.mark.slow
 def test_failed_demo_leaves_no_partial_output(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("rendering failed")
@@ -62,6 +64,7 @@ def test_failed_demo_leaves_no_partial_output(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failed_demo_keeps_the_previous_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     demo.run_demo(out, picture=False)
@@ -73,6 +76,7 @@ def test_failed_demo_keeps_the_previous_output(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_command_is_installed_and_lists_its_subcommands():
     exe = shutil.which("sparseskull")
     assert exe, "the sparseskull command is not on PATH: pip install -e ."
@@ -83,6 +87,7 @@ def test_command_is_installed_and_lists_its_subcommands():
     assert module.stdout.startswith("sparseskull ")
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_threshold_without_a_traceback(tmp_path):
     exe = shutil.which("sparseskull")
     run = subprocess.run([exe, "demo", "--out", str(tmp_path / "o"), "--threshold-hu", "5000", "--no-picture"], capture_output=True, text=True)
@@ -95,7 +100,11 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     """`sparseskull models` shows the held-out, full-grid scores from <name>.evaluation.json (what a user gets),
     apart from the coarse validation score training recorded; a model without an evaluation shows dashes."""
     from sparseskull.cli import main
-    from sparseskull.models import default_model_name, list_models, register_model
+    from sparseskull.nets.catalogue import (
+        default_model_name,
+        list_models,
+        register_model,
+    )
 
     monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
     shipped = next(m for m in list_models() if m.name == default_model_name())
@@ -114,7 +123,7 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     assert yours.split("|")[1].split() == ["-", "-", "-", "-"]  # alone DSC, implant DSC, bDSC, HD95: never measured on it
     if "network_alone" in scores:
         assert default_row.split("|")[1].split()[0] == f"{scores['network_alone']['implant_dsc']:.3f}"
-    from sparseskull.models import available_models
+    from sparseskull.nets.catalogue import available_models
 
     baselines = [m for m in available_models(baselines=True) if m.baseline]
     assert [m.name for m in baselines] == ["dense-ch1-64"], "the dense baseline ships for evaluate"
@@ -124,7 +133,7 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
 
 def test_demo_takes_no_span_for_the_networks_own_implant(monkeypatch):
     """`sparseskull demo --no-span` runs the demo with spanning off (the README's network-alone figure on the sample)."""
-    import sparseskull.demo as demo
+    import sparseskull.evaluation.demo as demo
     from sparseskull.cli import main
 
     seen = {}

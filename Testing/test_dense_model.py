@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from sparseskull.dense_model import DenseCompletionNet, dice_loss
-from sparseskull.model import SparseCompletionNet
+from sparseskull.nets.dense_net import DenseCompletionNet, dice_loss
+from sparseskull.nets.sparse_net import SparseCompletionNet
 
 
 @pytest.mark.parametrize("channels", ["ch1", "ch2", (2, 2, 4, 4, 8, 8, 8)])

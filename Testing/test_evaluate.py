@@ -10,10 +10,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from sparseskull.models import default_model_name
-
-from sparseskull.evaluate import METRICS, summarise
+from sparseskull.evaluation.evaluate import METRICS, summarise
+from sparseskull.nets.catalogue import default_model_name
 
 
 def test_summary_statistics_by_hand():
@@ -25,6 +23,7 @@ def test_summary_statistics_by_hand():
     assert s["implant_hd95_mm"]["n"] == 2 and s["implant_hd95_mm"]["mean"] == pytest.approx(0.65)
 
 
+@pytest.mark.slow
 def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     exe = shutil.which("sparseskull")
     out, summary_file = tmp_path / "report", tmp_path / "summary.json"
@@ -63,20 +62,21 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
 
 
 def test_evaluate_refuses_unknown_cases(tiny_data, tmp_path):
-    from sparseskull.evaluate import evaluate
+    from sparseskull.evaluation.evaluate import evaluate
 
     with pytest.raises(FileNotFoundError, match="no case 999"):
         evaluate(tiny_data, tmp_path / "r", cases=["999"], progress=False)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_mirror_baseline_fills_a_one_sided_hole_in_a_symmetric_shell():
     """An ellipsoidal shell centred 6 mm to the patient's left of the grid centre, with a hole on its right side:
     the plane search finds x = 6 mm and the reflected left side fills the hole."""
-    from sparseskull.baselines import midsagittal_plane, mirror_completion
-    from sparseskull.metrics import dice
-    from sparseskull.pipeline import clean_implant
-    from sparseskull.volume import Volume
+    from sparseskull.data.volume import Volume
+    from sparseskull.evaluation.baselines import midsagittal_plane, mirror_completion
+    from sparseskull.evaluation.metrics import dice
+    from sparseskull.implant.clean import clean_implant
 
     n, s = 100, 2.0
     lps = (np.indices((n, n, n)).reshape(3, -1).T - (n - 1) / 2) * s
@@ -97,14 +97,15 @@ def test_mirror_baseline_fills_a_one_sided_hole_in_a_symmetric_shell():
 @pytest.fixture(scope="module")
 def dense_model(tiny_data, tmp_path_factory):
     """A dense baseline trained for a few steps on the tiny generated set."""
-    from sparseskull.dense_baseline import train_dense
+    from sparseskull.training.dense import train_dense
 
     return train_dense(tiny_data, tmp_path_factory.mktemp("dense"), steps=4, batch_size=2, validation=1, val_every=2, progress=False)
 
 
+@pytest.mark.slow
 def test_dense_baseline_model_loads_only_where_asked_for(dense_model):
-    from sparseskull.pipeline import NetworkCompleter
-    from sparseskull.weights import ModelFileError, load_model, read_info
+    from sparseskull.implant.network import NetworkCompleter
+    from sparseskull.nets.files import ModelFileError, load_model, read_info
 
     info = read_info(dense_model)
     assert info.architecture == "DenseCompletionNet" and info.task == "completion" and info.resolution == 64
@@ -122,8 +123,9 @@ def test_dense_baseline_model_loads_only_where_asked_for(dense_model):
     assert completer.backend == "dense"
 
 
+@pytest.mark.slow
 def test_dense_training_lowers_its_dice_loss(tiny_data, tmp_path):
-    from sparseskull.dense_baseline import train_dense
+    from sparseskull.training.dense import train_dense
 
     train_dense(tiny_data, tmp_path, steps=15, batch_size=2, lr=3e-3, validation=1, val_every=15, progress=False)
     with open(tmp_path / "metrics.csv") as f:
@@ -131,10 +133,11 @@ def test_dense_training_lowers_its_dice_loss(tiny_data, tmp_path):
     assert np.mean(loss[-3:]) < np.mean(loss[:3]) - 0.05
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, dense_model, tmp_path):
     """The report's rows: the network's own implant (no spanning), the spanned pipeline, then the baselines (the
     geometric one with no network, and the dense network), each a full set of means."""
-    from sparseskull.evaluate import evaluate
+    from sparseskull.evaluation.evaluate import evaluate
 
     summary = evaluate(tiny_data, tmp_path / "r", model="skullfix-ch1-64", limit=1, baselines=("opening", "dense"),  # the dense one is a 64
                        dense_model=str(dense_model), pictures=0, progress=False)
@@ -150,9 +153,10 @@ def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, d
     assert float(row["dense_completion_dsc"]) == pytest.approx(dense["completion_dsc"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_super_resolution_is_scored_against_interpolation(tiny_data, tmp_path):
-    from sparseskull.evaluate import SR_METRICS
-    from sparseskull.train import TrainConfig, train
+    from sparseskull.evaluation.evaluate import SR_METRICS
+    from sparseskull.training.loop import TrainConfig, train
 
     config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "sr"), task="super-resolution", resolution=128, sr_from=64, steps=2,
                          batch_size=1, validation=1, val_every=2, checkpoint_every=2, device="cpu", threads=1)
@@ -172,7 +176,7 @@ def test_super_resolution_is_scored_against_interpolation(tiny_data, tmp_path):
 
 
 def test_linear_upsampling_of_a_block_averaged_shell_beats_nearest():
-    from sparseskull.resample import upsample_linear
+    from sparseskull.data.resample import upsample_linear
 
     g = np.indices((64, 64, 64)).astype(float)
     r = np.sqrt(((g - 31.5) ** 2).sum(0))
@@ -191,10 +195,11 @@ def test_linear_upsampling_of_a_block_averaged_shell_beats_nearest():
     assert dsc(upsample_linear(cube, 4, (64, 64, 64))[16:32, 16:32, 16:32], np.ones((16, 16, 16), bool)) > 0.7
 
 
+@pytest.mark.slow
 def test_record_writes_the_scores_beside_the_model_tied_to_its_weights(tiny_data, tmp_path):
-    from sparseskull.evaluate import evaluate
-    from sparseskull.models import ShippedModel, default_model_name, list_models
-    from sparseskull.weights import read_info, weights_digest
+    from sparseskull.evaluation.evaluate import evaluate
+    from sparseskull.nets.catalogue import ShippedModel, default_model_name, list_models
+    from sparseskull.nets.files import read_info, weights_digest
 
     shipped = next(m for m in list_models() if m.name == default_model_name())
     model = tmp_path / "mine.safetensors"
@@ -216,9 +221,9 @@ def test_super_resolution_scoring_puts_the_output_back_where_the_input_was(tiny_
     shift that places the skull as in training is undone on the way out."""
     from types import SimpleNamespace
 
-    from sparseskull.dataset import find_cases
-    from sparseskull.evaluate import score_sr_case
-    from sparseskull.weights import ModelInfo
+    from sparseskull.data.dataset import find_cases
+    from sparseskull.evaluation.evaluate import score_sr_case
+    from sparseskull.nets.files import ModelInfo
 
     class Echo:
         def __call__(self, x, tau=0.0):

@@ -1,4 +1,4 @@
-"""Spanning the opening (`sparseskull.fill.span_defect`): analytic vaults with a known cap cut off.
+"""Spanning the opening (`sparseskull.implant.span.span_defect`): analytic vaults with a known cap cut off.
 
 The network's implants are stood in for by what it typically gets wrong at 64^3: half the plate, a plate
 with holes, a lining inside the cavity. The answer is the cap that was cut off.
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sparseskull.fill import span_defect
-from sparseskull.metrics import dice
-from sparseskull.pipeline import clean_implant
-from sparseskull.volume import Volume
+from sparseskull.data.volume import Volume
+from sparseskull.evaluation.metrics import dice
+from sparseskull.implant.clean import clean_implant
+from sparseskull.implant.span import span_defect
 
 SPACINGS = [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)]
 IDS = ["isotropic", "anisotropic"]
@@ -32,6 +31,7 @@ def _spanned(implant, skull):
     return (implant & ~off) | shell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", SPACINGS, ids=IDS)
 def test_half_a_plate_and_a_plate_with_holes_become_the_whole_cap(spacing):
     """The cap above z = 45 mm (a 53 mm wide hole) is cut off. Given only its right half, or the cap with a
@@ -55,6 +55,7 @@ def test_half_a_plate_and_a_plate_with_holes_become_the_whole_cap(spacing):
         assert not (out & skull.array).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", SPACINGS, ids=IDS)
 def test_what_lies_off_the_plate_is_dropped(spacing):
     """Half the plate with a lining 8 mm below it inside the cavity (the network's other mistake): the lining,
@@ -68,6 +69,7 @@ def test_what_lies_off_the_plate_is_dropped(spacing):
     assert dice(out, cap) > 0.97
 
 
+@pytest.mark.slow
 def test_no_opening_gives_nothing_and_a_joined_natural_opening_is_not_filled():
     """An implant under intact bone spans nothing. A defect on the side that runs into the vault's open base
     is spanned near the implant only: the open base (the skull's natural opening) stays open."""
@@ -86,6 +88,7 @@ def test_no_opening_gives_nothing_and_a_joined_natural_opening_is_not_filled():
     assert not empty.any()
 
 
+@pytest.mark.slow
 def test_clean_implant_spans_on_request():
     spacing = (1.0, 1.0, 1.0)
     x, y, z, r, shell = _vault(spacing)
@@ -103,11 +106,15 @@ def test_clean_implant_spans_on_request():
     assert not (gap & (ndimage.distance_transform_edt(~skull.array) <= 1.5)).any(), "the clearance holds for the spanned plate"
 
 
+@pytest.mark.slow
 def test_the_geometric_baseline_finds_and_spans_the_largest_opening():
     """No network: on a vault open below (the natural opening) with a cap cut off the top and a smaller hole in
     the side, the baseline picks the cap's opening (the largest that does not reach below the centre) and spans
     it from the bone around; the side hole and the open base stay open."""
-    from sparseskull.baselines import largest_opening_seed, opening_completion
+    from sparseskull.evaluation.baselines import (
+        largest_opening_seed,
+        opening_completion,
+    )
 
     spacing = (1.0, 1.0, 1.0)
     x, y, z, r, shell = _vault(spacing)

@@ -1,4 +1,4 @@
-"""Reading and writing volumes with their geometry: sparseskull.io and sparseskull.volume."""
+"""Reading and writing volumes with their geometry: sparseskull.data.io and sparseskull.data.volume."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-import sparseskull.io as sio
-from sparseskull.io import VolumeReadError, looks_like_mask, read_mask, read_volume, write_volume
-from sparseskull.volume import Volume
+import sparseskull.data.io as sio
+from sparseskull.data.io import (
+    VolumeReadError,
+    looks_like_mask,
+    read_mask,
+    read_volume,
+    write_volume,
+)
+from sparseskull.data.volume import Volume
 
 SHAPE = (20, 17, 9)
 SPACING = (0.45, 0.45, 0.63)

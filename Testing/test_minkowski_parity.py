@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torch.testing import assert_close
-
 from sparseskull.sparse import SparseTensor
 from sparseskull.sparse.backends import minkowski
 from sparseskull.sparse.nn import (
@@ -23,6 +20,8 @@ from sparseskull.sparse.nn import (
     target_mask,
     union,
 )
+from torch import nn
+from torch.testing import assert_close
 
 if not minkowski.available():
     pytest.skip("MinkowskiEngine is not installed (build it with scripts/build_minkowski.sh)", allow_module_level=True)
@@ -162,19 +161,19 @@ def test_small_completion_network_parity(skips):
         assert_close(grads[0][1][name], grads[1][1][name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skips", [False, True])
 def test_paper_network_parity_on_a_small_skull(skull_128, skips):
     """The whole Table 1 network (ch1), with and without skips, same weights, both backends: the same logits and
     kept points at every level, the same output, and the same gradients of the loss."""
     import numpy as np
-
-    from sparseskull.model import SparseCompletionNet
-    from sparseskull.resample import downsample_to
-    from sparseskull.synth.defects import cut_random_defect
+    from sparseskull.data.resample import downsample_to
+    from sparseskull.data.synth.defects import cut_random_defect
+    from sparseskull.nets.sparse_net import SparseCompletionNet
 
     complete = downsample_to(skull_128.mask, 64)
     defect = cut_random_defect(complete, "bilateral", np.random.default_rng(1))
-    from sparseskull.model import completion_loss
+    from sparseskull.nets.sparse_net import completion_loss
 
     x = SparseTensor.from_mask(defect.defective, dtype=D)
     target = SparseTensor.from_mask(complete).cset

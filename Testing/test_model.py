@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sparseskull.cli import main
-from sparseskull.model import SparseCompletionNet, layer_table, parse_channels
-from sparseskull.resample import downsample_to
+from sparseskull.data.resample import downsample_to
+from sparseskull.data.synth.defects import cut_random_defect
+from sparseskull.nets.sparse_net import SparseCompletionNet, layer_table, parse_channels
 from sparseskull.sparse import SparseTensor
-from sparseskull.synth.defects import cut_random_defect
 
 
 def test_parameter_counts_match_the_paper():
@@ -68,6 +67,7 @@ def test_training_forward_keeps_the_ground_truth_and_backpropagates(small_case):
     assert all(g is not None for g in grads) and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.slow
 def test_inference_prunes_by_tau_and_caps_points(small_case):
     x, _ = small_case
     model = SparseCompletionNet("ch1").eval()
@@ -87,9 +87,10 @@ def test_empty_input_is_refused():
         SparseCompletionNet("ch1")(empty)
 
 
+@pytest.mark.slow
 def test_a_few_adam_steps_on_one_skull_learn_it(small_case):
     """Training wiring end to end: loss falls, and the completed skull overlaps the complete one better."""
-    from sparseskull.model import completion_loss
+    from sparseskull.nets.sparse_net import completion_loss
 
     torch.manual_seed(0)
     x, target = small_case
@@ -116,6 +117,7 @@ def test_a_few_adam_steps_on_one_skull_learn_it(small_case):
     assert final > 0.8, final
 
 
+@pytest.mark.slow
 def test_inputs_smaller_than_the_total_stride_run():
     """The network is sparse: a skull smaller than 64 voxels per axis needs no padding (the coarse grid
     simply holds one point), so a tiny input gives a result, not an engine error."""
@@ -189,6 +191,7 @@ def test_skips_add_no_parameter():
     assert SparseCompletionNet("ch1", skips=True).parameter_count() == 434_686
 
 
+@pytest.mark.slow
 def test_skips_keep_the_inputs_points_at_every_level(small_case):
     """With skips, each decoder level is the union of what it generated with the encoder's points at its stride,
     so with nothing pruned every level holds the input brought to that stride, and the output holds the input.
@@ -208,6 +211,7 @@ def test_skips_keep_the_inputs_points_at_every_level(small_case):
     release_maps(x)
 
 
+@pytest.mark.slow
 def test_skip_network_equals_a_dense_float64_reference_of_its_union(small_case):
     """The skip path by hand: the decoder level's refined tensor plus the encoder's output at that stride, on
     dense float64 grids, gives the same features the network's classifier sees (checked at the first level)."""
@@ -259,9 +263,10 @@ def test_fused_inference_with_and_without_skips(small_case, skips):
             model(x, tau=-1e9, max_points=len(fused.levels[0].logits) - 1)
 
 
+@pytest.mark.slow
 def test_a_skip_network_learns_a_skull_faster(small_case):
     """The same 25 Adam steps: the skip network's loss falls below the plain one's (the decoder keeps the input)."""
-    from sparseskull.model import completion_loss
+    from sparseskull.nets.sparse_net import completion_loss
 
     x, target = small_case
     final = {}

@@ -15,23 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sparseskull.io import read_mask, write_volume
-from sparseskull.mesh import check_mesh, mesh_centroid, read_stl
-from sparseskull.model import CHANNEL_PRESETS
-from sparseskull.pipeline import (
-    CompleteOptions,
-    InputError,
-    ModelGrid,
-    block_fraction,
-    clean_implant,
-    complete_skull,
-    run_complete,
-    to_model_grid,
-)
-from sparseskull.sample import load_sample, sample_dir
-from sparseskull.volume import Volume
-from sparseskull.weights import ModelInfo
+from sparseskull.data.io import read_mask, write_volume
+from sparseskull.data.sample import load_sample, sample_dir
+from sparseskull.data.volume import Volume
+from sparseskull.implant.clean import clean_implant
+from sparseskull.implant.grid import ModelGrid, block_fraction, to_model_grid
+from sparseskull.implant.mesh import check_mesh, mesh_centroid, read_stl
+from sparseskull.implant.options import CompleteOptions, InputError
+from sparseskull.implant.pipeline import complete_skull, run_complete
+from sparseskull.nets.files import ModelInfo
+from sparseskull.nets.sparse_net import CHANNEL_PRESETS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "autoimplant2020"
 SPACING_64 = (3.7411, 3.7411, 4.9756)  # the shipped 64 model's voxel spacing (SkullFix at 64^2 x Z/8)
@@ -69,6 +62,7 @@ def sample():
     return load_sample()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", [np.eye(3), _tilt(17.0), np.diag([-1.0, -1.0, 1.0])], ids=["axial", "tilted", "flipped"])
 def test_implant_stl_matches_the_known_defect(tmp_path, sample, direction):
     """On a generated CT with a known defect: the STL is watertight, its volume is within 15% of the true
@@ -89,6 +83,7 @@ def test_implant_stl_matches_the_known_defect(tmp_path, sample, direction):
     assert implant.same_grid(ct) and np.allclose(implant.direction, direction)
 
 
+@pytest.mark.slow
 def test_stl_space_is_lps_by_default_and_ras_on_request(tmp_path):
     """An asymmetric phantom: a shell with a hole on the patient's left and above (LPS +x, +z). In the
     LPS STL the implant's centroid has x > 0; in the RAS STL x < 0 (R = -L) and z unchanged."""
@@ -161,13 +156,14 @@ def _open_vault(spacing):
     return x, y, z, r, shell, shell & (z > 45)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_occlusion_filter_drops_a_lining_behind_intact_bone_and_keeps_the_plate(spacing):
     """A vault (radii 63 to 70 mm, open below) with a cap cut off the top. The network's other typical mistake is
     stood in for by a lining 5 mm inside the intact bone: seen from the braincase centre it lies
     behind bone, so it goes, while the plate, through which the lines leave the head, stays whole."""
-    from sparseskull.metrics import dice
-    from sparseskull.pipeline import clean_implant, occlusion_filter
+    from sparseskull.evaluation.metrics import dice
+    from sparseskull.implant.clean import clean_implant, occlusion_filter
 
     x, y, z, r, shell, cap = _open_vault(spacing)
     lining = (r > 55) & (r <= 58) & (z > 0) & (z <= 35) & (x > 0)  # under intact bone (the cap starts at z = 45)
@@ -181,13 +177,14 @@ def test_occlusion_filter_drops_a_lining_behind_intact_bone_and_keeps_the_plate(
     assert dice(cleaned, cap) > 0.97 and info["behind_bone_voxels"] > 0.9 * lining.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_minimum_thickness_grows_a_thin_plate_inwards_only(spacing):
     """A vault 7 mm thick (radii 63 to 70 mm, open below like the SkullFix skulls) with a cap cut off the top.
     A 2 mm plate at the outer surface, made at least 5 mm thick, must reach 5 mm in along the vertical lines,
     keep its outer surface, stay out of the bone and out of the clearance, and a plate already thick enough
     must come back as it was."""
-    from sparseskull.pipeline import ensure_thickness
+    from sparseskull.implant.clean import ensure_thickness
 
     x, y, z, r, shell, cap = _open_vault(spacing)
     skull = Volume(shell & ~cap, tuple(spacing))
@@ -208,6 +205,7 @@ def test_minimum_thickness_grows_a_thin_plate_inwards_only(spacing):
     assert not ((gap & ~thin) & near_bone).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_reach_filter_drops_layers_on_intact_bone_and_keeps_plates(spacing):
     """A spherical skull 7 mm thick (outer radius 70 mm) with a large cap cut off. The network's typical mistake
@@ -215,8 +213,8 @@ def test_reach_filter_drops_layers_on_intact_bone_and_keeps_plates(spacing):
     must drop the layer and keep the plate whole. A skull with only a 12 mm round hole keeps its plate whole
     (its deepest voxel is 6 mm from the bone, so half that is the bar); beside a large defect, such a small
     plate is dropped, as the docstring says."""
-    from sparseskull.metrics import dice
-    from sparseskull.pipeline import reach_filter
+    from sparseskull.evaluation.metrics import dice
+    from sparseskull.implant.clean import reach_filter
 
     spacing = np.asarray(spacing)
     shape = np.ceil(170 / spacing).astype(int)
@@ -257,6 +255,7 @@ def _nothing_left(folder: Path, out: Path) -> bool:
     return not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_a_message_and_leave_nothing(tmp_path, sample):
     text = tmp_path / "notes.nrrd"
     text.write_text("this is not an image\n")
@@ -286,9 +285,10 @@ def test_bad_inputs_give_a_message_and_leave_nothing(tmp_path, sample):
         assert _nothing_left(tmp_path, out), args
 
 
+@pytest.mark.slow
 def test_super_resolution_model_is_refused_for_completion(tmp_path):
-    from sparseskull.model import SparseCompletionNet
-    from sparseskull.weights import save_model
+    from sparseskull.nets.files import save_model
+    from sparseskull.nets.sparse_net import SparseCompletionNet
 
     path = save_model(SparseCompletionNet("ch1"), tmp_path / "sr.safetensors",
                       ModelInfo(CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=128, input_resolution=64, spacing_mm=(1.0, 1.0, 1.0)))
@@ -300,6 +300,7 @@ def test_super_resolution_model_is_refused_for_completion(tmp_path):
 # ------------------------------------------------------------------ the shipped model, for real
 
 
+@pytest.mark.slow
 def test_complete_command_with_the_shipped_model(tmp_path):
     """The real network through the command line: every output, a watertight STL, a report with timings
     per stage, and progress per stage on stderr."""
@@ -323,11 +324,12 @@ def test_complete_command_with_the_shipped_model(tmp_path):
     assert np.array_equal(completed.array, defective.array | implant.array) and not (implant.array & defective.array).any()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason="the real SkullFix data (../shared/data/autoimplant2020) is not beside this checkout")
 def test_real_oblique_skullfix_case(tmp_path):
     """A real SkullFix mask with an oblique direction matrix (case 005): with the known answer the
     implant lands on the true one; with the shipped model the pipeline runs on the same grid."""
-    from sparseskull.metrics import dice
+    from sparseskull.evaluation.metrics import dice
 
     case = "005"
     defective = read_mask(DATA / "defective_skull" / f"{case}.nrrd")
@@ -343,8 +345,9 @@ def test_real_oblique_skullfix_case(tmp_path):
 
 
 def test_automatic_threshold_finds_the_bone(sample):
-    from sparseskull.metrics import dice
-    from sparseskull.pipeline import auto_threshold, skull_from_input
+    from sparseskull.evaluation.metrics import dice
+    from sparseskull.implant.pipeline import skull_from_input
+    from sparseskull.implant.skull import auto_threshold
 
     threshold = auto_threshold(sample.ct)
     assert 150 <= threshold <= 700
@@ -362,12 +365,31 @@ def test_automatic_threshold_finds_the_bone(sample):
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""
     from sparseskull.cli import build_parser, complete_options
-    from sparseskull.pipeline import options_to_args
+    from sparseskull.implant.options import options_to_args
 
     args = build_parser().parse_args(["complete", "ct.nrrd", "--out", "out", *options_to_args(options)])
     assert complete_options(args) == options
     with pytest.raises(ValueError, match="keep_fraction"):
         options_to_args(CompleteOptions(keep_fraction=0.5))
+
+
+def test_every_option_has_one_flag_from_one_schema():
+    """Each option either has its flag in CompleteOptions' schema, which both the command line and the child-process
+    arguments are built from, or is named here as settable from Python only: a new field cannot be dropped silently."""
+    import dataclasses
+
+    from sparseskull.cli import build_parser
+    from sparseskull.implant.options import option_flags
+
+    python_only = {"keep_fraction", "max_extent"}
+    flagged = {f.name: f.metadata["flag"] for f in option_flags()}
+    assert set(flagged) | python_only == {f.name for f in dataclasses.fields(CompleteOptions)}
+    assert len(set(flagged.values())) == len(flagged)
+    complete = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "complete")[1]
+    offered = {s for action in complete._actions for s in action.option_strings}
+    assert set(flagged.values()) <= offered
+    defaults = complete.parse_args(["ct.nrrd", "--out", "o"])
+    assert {name: getattr(defaults, name) for name in flagged} == {name: getattr(CompleteOptions(), name) for name in flagged}
 
 
 def _head_with_mandible():
@@ -387,9 +409,10 @@ def _head_with_mandible():
     return vault, mandible & ~vault, necks
 
 
+@pytest.mark.slow
 def test_touching_mandible_is_dropped_on_request_and_the_vault_kept():
-    from sparseskull.pipeline import skull_from_input
-    from sparseskull.preprocess import drop_mandible
+    from sparseskull.implant.pipeline import skull_from_input
+    from sparseskull.implant.skull import drop_mandible
 
     vault, mandible, necks = _head_with_mandible()
     head = Volume((vault | mandible | necks).astype(np.uint8), (1.0, 1.0, 1.0))

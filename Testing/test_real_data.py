@@ -6,10 +6,9 @@ import re
 
 import numpy as np
 import pytest
-
-from sparseskull.dataset import detect_layout, find_cases
-from sparseskull.io import read_mask
-from sparseskull.synth.defects import cut_random_defect
+from sparseskull.data.dataset import detect_layout, find_cases
+from sparseskull.data.io import read_mask
+from sparseskull.data.synth.defects import cut_random_defect
 
 
 def _header_geometry(path) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +28,7 @@ def test_loader_finds_the_75_skullfix_cases(real_data):
     assert all(c.defect_class is None and c.complete and c.defective and c.implant for c in cases)
 
 
+@pytest.mark.slow
 def test_oblique_cases_read_with_the_full_direction_matrix(real_data):
     cases = find_cases(real_data)
     oblique = 0
@@ -46,6 +46,7 @@ def test_oblique_cases_read_with_the_full_direction_matrix(real_data):
     assert oblique >= 2, "the first cases include tilted ones"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1])
 def test_real_implant_is_complete_minus_defective(real_data, index):
     case = find_cases(real_data)[index]
@@ -55,6 +56,7 @@ def test_real_implant_is_complete_minus_defective(real_data, index):
     assert 2.5e6 <= complete.array.sum() <= 7.7e6
 
 
+@pytest.mark.slow
 def test_defects_cut_from_a_real_skull(real_data):
     complete = read_mask(find_cases(real_data)[0].complete)
     rng = np.random.default_rng(0)

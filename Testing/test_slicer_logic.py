@@ -1,5 +1,6 @@
-"""The Slicer module's Logic, headless under slicer-core: MRML nodes in, the core pipeline in a child
-process, segments and the implant model out, STL export in LPS.
+"""The Slicer module's Logic (SparseSkullCompletionLib), headless under slicer-core: MRML nodes in, the core
+pipeline in a child process, segments and the implant model out, STL export in LPS; the dependency installer;
+and the Widget's handlers driven against the Logic.
 
 The volumes are read by Slicer's own NRRD reader (a storage node), as Slicer does when a user loads a
 file, so the geometry tests cover Slicer's RAS scene against the core's LPS. slicer-core is in the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sparseskull.models import default_model_name
-from sparseskull.weights import read_info
+from sparseskull.nets.catalogue import default_model_name
+from sparseskull.nets.files import read_info
 
 try:
     import slicer
@@ -28,14 +29,19 @@ except ImportError:
         raise
     pytest.skip("slicer-core is not installed (pip install -e '.[test]')", allow_module_level=True)
 
-from sparseskull.io import read_mask, write_volume  # noqa: E402
-from sparseskull.mesh import check_mesh, mesh_centroid, read_stl  # noqa: E402
-from sparseskull.pipeline import CompleteOptions, run_complete  # noqa: E402
-from sparseskull.sample import load_sample, sample_dir  # noqa: E402
-from sparseskull.volume import Volume  # noqa: E402
+import vtk  # noqa: E402
+from sparseskull.data.io import read_mask, write_volume  # noqa: E402
+from sparseskull.data.sample import load_sample, sample_dir  # noqa: E402
+from sparseskull.data.volume import Volume  # noqa: E402
+from sparseskull.implant.mesh import check_mesh, mesh_centroid, read_stl  # noqa: E402
+from sparseskull.implant.options import CompleteOptions  # noqa: E402
+from sparseskull.implant.pipeline import run_complete  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "SparseSkullCompletion"
 sys.path.insert(0, str(MODULE_DIR))
+import SparseSkullCompletionLib as lib  # noqa: E402
+from SparseSkullCompletionLib import dependencies  # noqa: E402
+
 import SparseSkullCompletion as module  # noqa: E402
 
 FLIP = np.array([-1.0, -1.0, 1.0])  # LPS <-> RAS
@@ -70,17 +76,90 @@ def load_volume(scene, path, name="CT", labelmap=False):
 
 
 def node_ras(node, ijk):
-    m = module.vtk.vtkMatrix4x4()
+    m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
     return np.array(m.MultiplyPoint([*map(float, ijk), 1.0])[:3])
 
 
-def test_the_module_imports_headless_with_its_four_classes():
-    for name in ("SparseSkullCompletion", "SparseSkullCompletionWidget", "SparseSkullCompletionLogic", "SparseSkullCompletionTest"):
-        assert hasattr(module, name)
+def test_the_module_imports_headless_and_names_the_libs_logic():
+    """The module file holds the module, Widget and Test classes; the Logic and ``launchTraining`` come from
+    the Lib and keep their names there (``from SparseSkullCompletion import SparseSkullCompletionLogic``)."""
+    for name in ("SparseSkullCompletion", "SparseSkullCompletionWidget", "SparseSkullCompletionTest"):
+        assert getattr(module, name).__module__ == "SparseSkullCompletion", name
+    from SparseSkullCompletionLib.logic import SparseSkullCompletionLogic as Logic
+
+    from SparseSkullCompletion import SparseSkullCompletionLogic, launchTraining
+
+    assert SparseSkullCompletionLogic is Logic is lib.SparseSkullCompletionLogic
+    assert launchTraining is lib.launchTraining and launchTraining.__module__ == "SparseSkullCompletionLib.jobs"
     import sparseskull
 
     assert Path(sparseskull.__file__).resolve().parent.parent == MODULE_DIR.resolve()
+    assert Path(lib.__file__).resolve().parent.parent == MODULE_DIR.resolve()
+
+
+def test_the_module_and_its_lib_load_before_the_dependencies_are_installed(tmp_path):
+    """On a fresh Slicer (no torch, scipy, ...) the module must load and its Logic must answer, so that the
+    installer can run: the core is imported where it is used, and the choices fall back to Auto/CPU, torch."""
+    blocked = [name for name in dependencies.DEPENDENCIES if name != "numpy"] + ["qt", "ctk"]
+    code = f"""
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # import fails, importlib.util.find_spec answers None
+sys.path.insert(0, {str(MODULE_DIR)!r})
+import SparseSkullCompletion
+logic = SparseSkullCompletion.SparseSkullCompletionLogic()
+print(logic.missingDependencies())
+print(logic.deviceChoices(), logic.backendChoices(), logic.modelChoices())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    missing, choices = out.stdout.strip().splitlines()
+    assert eval(missing) == [dependencies.DEPENDENCIES[name] for name in blocked if name in dependencies.DEPENDENCIES]
+    assert choices == "[('Auto', 'auto'), ('CPU', 'cpu')] ['torch'] []"
+
+
+def test_the_installer_asks_then_installs_torch_through_the_pytorch_extension(monkeypatch):
+    """``ensureDependencies`` (the Widget calls it before a run): nothing to do when all is there; asks first;
+    torch through PyTorchUtils, the rest with pip; a refusal installs nothing."""
+    import contextlib
+    import types
+
+    @contextlib.contextmanager
+    def surface_errors(message="", waitCursor=False):
+        yield  # an exception fails the test instead of opening a dialog
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", surface_errors)
+    asked, pipped, torch_installs = [], [], []
+    missing = []
+    monkeypatch.setattr(dependencies, "missingDependencies", lambda: list(missing))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or answer[0])
+    monkeypatch.setattr(slicer.util, "pip_install", lambda names: (pipped.append(list(names)), missing.clear()))
+    monkeypatch.setattr(slicer.util, "createProgressDialog", lambda **kw: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=True):
+            torch_installs.append(askConfirmation)
+            missing.remove("torch")
+            return types.SimpleNamespace(__version__="2")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    answer = [True]
+    assert lib.ensureDependencies() and not asked  # all there: no question
+
+    missing[:] = ["torch", "scipy"]
+    answer = [False]
+    assert not lib.ensureDependencies()
+    assert "torch, scipy" in asked[-1] and not pipped and not torch_installs
+
+    answer = [True]
+    assert lib.ensureDependencies()
+    assert torch_installs == [False] and pipped == [["scipy"]]
+
+    missing[:] = ["torch"]  # torch alone: no pip call with nothing to install
+    assert lib.ensureDependencies(askConfirmation=False)
+    assert len(asked) == 2 and pipped == [["scipy"]] and torch_installs == [False, False]
 
 
 def test_volume_geometry_round_trips_between_slicer_ras_and_core_lps(tmp_path, scene, logic):
@@ -105,7 +184,7 @@ def test_volume_geometry_round_trips_between_slicer_ras_and_core_lps(tmp_path, s
     np.testing.assert_allclose(node_ras(labelmap, (31, 7, 13)), expected_lps * FLIP, atol=1e-4)
 
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")  # a parent transform is applied
-    shift = module.vtk.vtkMatrix4x4()
+    shift = vtk.vtkMatrix4x4()
     shift.SetElement(0, 3, 5.0)  # 5 mm towards R = -5 mm in L
     transform.SetMatrixTransformToParent(shift)
     node.SetAndObserveTransformNodeID(transform.GetID())
@@ -113,6 +192,7 @@ def test_volume_geometry_round_trips_between_slicer_ras_and_core_lps(tmp_path, s
     np.testing.assert_allclose(moved.index_to_lps(np.array([[31, 7, 13]]))[0], expected_lps + [-5.0, 0, 0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_known_answer_outputs_land_where_the_truth_is_and_export_in_lps(tmp_path, scene, logic, sample):
     """Core outputs with a known implant (the true complete skull stands in for the network) loaded by the
     Logic: the Implant segment and the implant model sit on the true implant, the exported STL's centroid,
@@ -147,6 +227,7 @@ def test_known_answer_outputs_land_where_the_truth_is_and_export_in_lps(tmp_path
     np.testing.assert_allclose(mesh_centroid(read_stl(tmp_path / "export" / "implant_ras.stl")), lps * FLIP, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_complete_skull_on_the_sample_ct_runs_the_core_in_a_child_process(scene, logic, monkeypatch, tmp_path):
     """The clinical scenario, with the shipped model in a child process: three segments holding the core's
     masks, the implant model, the STL export matching the Implant segment's position, and no work files left."""
@@ -195,6 +276,7 @@ def test_a_skull_segmentation_is_taken_as_a_mask(scene, logic, sample, tmp_path,
         job.cancel()
 
 
+@pytest.mark.slow
 def test_cancel_ends_the_run_and_leaves_nothing(scene, logic, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     node = load_volume(scene, sample_dir() / "ct.nrrd")
@@ -215,6 +297,7 @@ def test_cancel_ends_the_run_and_leaves_nothing(scene, logic, tmp_path, monkeypa
     assert scene.GetNumberOfNodes() == nodes_before
 
 
+@pytest.mark.slow
 def test_a_ct_without_bone_gives_the_cores_message(scene, logic, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     write_volume(Volume(np.full((64, 64, 40), -1000, np.int16), (3.0, 3.0, 3.0)), tmp_path / "air.nrrd")
@@ -238,7 +321,7 @@ def test_bone_preview_follows_the_threshold(scene, logic, sample, tmp_path):
         assert mask.array.sum() == (ct >= threshold).sum()
         counts.append(int(mask.array.sum()))
     assert counts[1] < counts[0]
-    from sparseskull.pipeline import auto_threshold
+    from sparseskull.implant.skull import auto_threshold
 
     assert logic.autoThreshold(node) == auto_threshold(sample.ct)
     logic.removeBonePreview(preview)
@@ -268,6 +351,7 @@ def test_model_device_and_backend_choices(tmp_path, monkeypatch, logic):
     assert [label for label, _ in logic.modelChoices()] == [label for label in labels if "yours" not in label]
 
 
+@pytest.mark.slow
 def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     """The Widget's handlers, driven as the panel would drive them (the Qt widgets stood in for, since Qt
     and CTK need the full application): preview, Complete skull with progress, Cancel, the error path and
@@ -340,6 +424,7 @@ def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     assert "[8/8] write" in widget.lastLog()
 
 
+@pytest.mark.slow
 def test_training_from_the_console_streams_and_registers_its_model(tiny_data, tmp_path, monkeypatch, capsys):
     """``launchTraining`` (Slicer's Python console): the run's output is printed from a timer on the main
     thread, and its model joins the module's model list when it ends (Qt's timer stood in for)."""

@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.testing import assert_close
-
-from sparseskull.sparse import PointExplosionError, SparseTensor, conv, generative_conv_transpose, prune, target_mask, union
+from sparseskull.sparse import (
+    PointExplosionError,
+    SparseTensor,
+    conv,
+    generative_conv_transpose,
+    prune,
+    target_mask,
+    union,
+)
 from sparseskull.sparse.kernel_map import kernel_offsets, minkowski_order
 from sparseskull.sparse.tensor import CoordinateSet, pack, unpack
+from torch.testing import assert_close
 
 D = torch.float64
 
@@ -132,7 +139,12 @@ def test_fused_inference_block_matches_dense_conv_norm_elu(case, k, stride):
     result must be the dense float64 conv3d -> batch norm -> ELU, and the next layer must read the
     output's own zero row instead of copying the features."""
     from sparseskull.sparse.functional import _padded
-    from sparseskull.sparse.nn import SparseActivation, SparseBatchNorm, SparseConv3d, SparseConvNormAct
+    from sparseskull.sparse.nn import (
+        SparseActivation,
+        SparseBatchNorm,
+        SparseConv3d,
+        SparseConvNormAct,
+    )
 
     torch.manual_seed(3)
     x = make_input(case, 3)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.testing import assert_close
-
 from sparseskull.sparse import SparseTensor
 from sparseskull.sparse import functional as F
 from sparseskull.sparse.backends import spconv as S
 from sparseskull.sparse.nn import SparseConv3d
+from torch.testing import assert_close
 
 if not S.available():
     pytest.skip("spconv is not installed (pip install spconv)", allow_module_level=True)
@@ -30,6 +29,7 @@ def test_self_check_passes_on_cpu():
     assert S.self_check("cpu") is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op, k, in_stride", [("conv", 3, 1), ("conv", 3, 4), ("down", 2, 1), ("up", 4, 2), ("up", 2, 4)])
 def test_forward_parity_with_many_threads_requested(op, k, in_stride):
     """With 2 threads set, spconv alone races on CPU; the backend runs it on one and restores the setting."""
@@ -60,9 +60,9 @@ def test_layers_dispatch_and_refuse_cpu_backward():
 
 @pytest.mark.parametrize("skips", [False, True])
 def test_paper_network_inference_parity(skull_128, skips):
-    from sparseskull.model import SparseCompletionNet
-    from sparseskull.resample import downsample_to
-    from sparseskull.synth.defects import cut_random_defect
+    from sparseskull.data.resample import downsample_to
+    from sparseskull.data.synth.defects import cut_random_defect
+    from sparseskull.nets.sparse_net import SparseCompletionNet
 
     complete = downsample_to(skull_128.mask, 64)
     defect = cut_random_defect(complete, "random_1", np.random.default_rng(2))

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sparseskull.metrics import dice
-from sparseskull.preprocess import NoBoneError, skull_mask_from_ct
-from sparseskull.synth.ct import synthesize_ct
-from sparseskull.synth.defects import DEFECT_CLASSES, BonePoints, braincase_centre, cut, cut_random_defect, random_defect_shape
-from sparseskull.synth.skull import to_skull_frame
+from sparseskull.data.anatomy import braincase_centre
+from sparseskull.data.synth.ct import synthesize_ct
+from sparseskull.data.synth.defects import (
+    DEFECT_CLASSES,
+    BonePoints,
+    cut,
+    cut_random_defect,
+    random_defect_shape,
+)
+from sparseskull.data.synth.skull import to_skull_frame
+from sparseskull.evaluation.metrics import dice
+from sparseskull.implant.skull import NoBoneError, skull_mask_from_ct
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_defect_classes_sit_where_their_names_say(skull_128, defects_128):
 
 
 def test_defects_are_physical_the_same_cut_on_two_resolutions_removes_the_same_volume():
-    from sparseskull.synth.skull import generate_skull
+    from sparseskull.data.synth.skull import generate_skull
 
     fine, coarse = generate_skull(8, size=256), generate_skull(8, size=128)
     shape = random_defect_shape("parietotemporal", fine.shape.centre_lps, np.random.default_rng(0))
@@ -93,13 +99,14 @@ def test_unknown_class_and_empty_skull_are_refused(skull_128):
 
 @pytest.fixture(scope="module")
 def ct_case():
-    from sparseskull.synth.skull import generate_skull
+    from sparseskull.data.synth.skull import generate_skull
 
     skull = generate_skull(21, size=256)
     defect = cut_random_defect(skull.mask, "bilateral", np.random.default_rng(3), skull.shape.centre_lps)
     return skull, defect, synthesize_ct(defect.defective, seed=21, envelope=skull.mask)
 
 
+@pytest.mark.slow
 def test_ct_has_hounsfield_values_of_each_tissue(ct_case):
     skull, defect, ct = ct_case
     hu = ct.array

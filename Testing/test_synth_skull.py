@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
-
-from sparseskull.synth import shapes
-from sparseskull.synth.skull import THICKNESS_RANGE_MM, generate_skull, random_grid, random_shape, thickness, to_lps
-from sparseskull.volume import Volume
+from sparseskull.data.synth import shapes
+from sparseskull.data.synth.skull import (
+    THICKNESS_RANGE_MM,
+    generate_skull,
+    random_grid,
+    random_shape,
+    thickness,
+    to_lps,
+)
+from sparseskull.data.volume import Volume
 
 
 def _unit(v) -> np.ndarray:
@@ -47,6 +54,7 @@ def test_grids_look_like_head_cts():
     assert 2 <= oblique <= 16, "about a third of the grids should be tilted, as in the real SkullFix cases"
 
 
+@pytest.mark.slow
 def test_full_resolution_skull_is_fast_connected_and_inside_the_grid(skull_512):
     skull, seconds = skull_512
     a = skull.mask.array

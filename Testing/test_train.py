@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from sparseskull.io import write_volume
-from sparseskull.resample import downsample_to
-from sparseskull.synth.defects import cut_random_defect
-from sparseskull.train import CheckpointError, TrainConfig, TrainingProcess, main, train
-from sparseskull.weights import load_model, read_info
+from sparseskull.data.io import write_volume
+from sparseskull.data.resample import downsample_to
+from sparseskull.data.synth.defects import cut_random_defect
+from sparseskull.jobs import TrainingProcess
+from sparseskull.nets.files import load_model, read_info
+from sparseskull.training.loop import CheckpointError, TrainConfig, main, train
 
 NO_AUG = dict(flip_axes=(), rotate_deg=0.0, shift=0)
 
@@ -41,6 +41,7 @@ def one_skull_64(skull_512, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_overfits_one_skull_at_64_to_dsc_095_within_two_minutes(one_skull_64, tmp_path):
     config = TrainConfig(
         str(one_skull_64), str(tmp_path / "run"), steps=300, batch_size=1, lr=1e-2, warmup=5, validation=1,
@@ -61,7 +62,7 @@ def test_overfits_one_skull_at_64_to_dsc_095_within_two_minutes(one_skull_64, tm
     assert info.metrics["val_dsc"] == pytest.approx(result.val_dsc)
     assert info.metrics["val_implant_dsc"] > 0.5 and info.metrics["val_dsc"] > info.metrics["val_input_dsc"]  # the defect was learned (implant 0.69 measured)
     # the network's own output, without the input's voxels added, is the complete skull
-    from sparseskull.pairs import PairSampler, collate, dice_by_batch, load_skulls
+    from sparseskull.data.pairs import PairSampler, collate, dice_by_batch, load_skulls
 
     x, target = collate(PairSampler(load_skulls(one_skull_64, 64)).fixed())
     with torch.no_grad():
@@ -76,6 +77,7 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(str(data), str(out), **{**base, **kw})
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_continues_exactly(tiny_data, tmp_path):
     """A run stopped by SIGTERM at some step and resumed gives the same loss sequence as an uninterrupted run."""
     straight = _config(tiny_data, tmp_path / "straight")
@@ -109,6 +111,7 @@ def test_sigterm_saves_and_resume_continues_exactly(tiny_data, tmp_path):
     assert losses(out) == reference  # bit for bit: the batches depend on (seed, step) only
 
 
+@pytest.mark.slow
 def test_damaged_or_foreign_checkpoints_are_refused(tiny_data, tmp_path, capsys):
     config = _config(tiny_data, tmp_path / "run", steps=2)
     train(config, progress=False)
@@ -133,6 +136,7 @@ def test_damaged_or_foreign_checkpoints_are_refused(tiny_data, tmp_path, capsys)
         train(config, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_super_resolution_training_exports_a_super_resolution_model(tiny_data, tmp_path):
     result = train(_config(tiny_data, tmp_path / "sr", task="super-resolution", resolution=128, sr_from=64, steps=3, val_every=3), progress=False)
     info = read_info(result.model_path)
@@ -140,6 +144,7 @@ def test_super_resolution_training_exports_a_super_resolution_model(tiny_data, t
     assert 0 <= result.val_dsc <= 1
 
 
+@pytest.mark.slow
 def test_mixed_precision_runs_on_cpu_in_bfloat16(tiny_data, tmp_path):
     result = train(_config(tiny_data, tmp_path / "amp", steps=3, amp="bf16"), progress=False)
     assert result.finished and all(np.isfinite(losses(tmp_path / "amp")))
@@ -156,6 +161,7 @@ def test_bad_arguments_give_clear_errors(tiny_data, tmp_path, capsys):
         TrainConfig("d", "o", classes=("frontal",))
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun_on_gloo(tiny_data, tmp_path):
     """Multi-process training as on several GPUs: 2 CPU processes, gradients averaged with gloo."""
     out = tmp_path / "ddp"
@@ -170,6 +176,7 @@ def test_two_processes_with_torchrun_on_gloo(tiny_data, tmp_path):
     assert read_info(out / "model.safetensors").task == "completion"
 
 
+@pytest.mark.slow
 def test_training_on_minkowski_engine_matches_the_torch_backend(tiny_data, tmp_path):
     """The same network, data and seed train on MinkowskiEngine with the same losses."""
     pytest.importorskip("MinkowskiEngine")
@@ -179,6 +186,7 @@ def test_training_on_minkowski_engine_matches_the_torch_backend(tiny_data, tmp_p
     assert me_run.val_dsc == pytest.approx(torch_run.val_dsc, abs=0.02)
 
 
+@pytest.mark.slow
 def test_trains_on_real_skullfix_cases(real_data, tmp_path):
     """Two real SkullFix skulls (512^2 x Z, oblique ones among the 75) downsampled to 64^2 x Z/8 on load."""
     result = train(TrainConfig(str(real_data), str(tmp_path / "real"), steps=2, batch_size=2, max_cases=2, validation=1,
@@ -200,7 +208,7 @@ def test_the_sparseskull_command_hands_train_its_own_options(capsys):
 
 def test_a_child_process_keeps_only_the_latest_lines(monkeypatch):
     """A long run's output must not grow the parent's memory without end: the log keeps the latest lines."""
-    from sparseskull import process
+    from sparseskull import jobs as process
 
     monkeypatch.setattr(process, "LOG_LINES", 5)
     child = process.ChildProcess("this", [])  # `python -m this` prints the 21 lines of the Zen of Python
@@ -210,11 +218,12 @@ def test_a_child_process_keeps_only_the_latest_lines(monkeypatch):
     assert len(child.log) == 5 and child.log[-1].startswith("Namespaces are one honking great idea")
 
 
+@pytest.mark.slow
 def test_a_skip_network_trains_and_a_checkpoint_exports_as_it_stands(tiny_data, tmp_path):
     """--skips trains the skip network and its model file says so; --export writes the checkpoint's model without
     training: at the last step it is the run's own model, tensor for tensor, and its metadata names the step."""
-    from sparseskull.train import export_checkpoint
-    from sparseskull.weights import load_model
+    from sparseskull.nets.files import load_model
+    from sparseskull.training.loop import export_checkpoint
 
     result = train(_config(tiny_data, tmp_path / "skip", skips=True, steps=4, val_every=4), progress=False)
     ours, info = load_model(result.model_path)

@@ -6,10 +6,15 @@ import json
 
 import pytest
 import torch
-
-from sparseskull.model import SparseCompletionNet
+from sparseskull.nets.files import (
+    ModelFileError,
+    ModelInfo,
+    load_model,
+    read_info,
+    save_model,
+)
+from sparseskull.nets.sparse_net import SparseCompletionNet
 from sparseskull.sparse import SparseTensor
-from sparseskull.weights import ModelFileError, ModelInfo, load_model, read_info, save_model
 
 CH = (2, 2, 4, 4, 4, 4, 8)
 
@@ -22,6 +27,7 @@ def saved(tmp_path):
     return model, save_model(model, tmp_path / "m.safetensors", info), info
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_weights_outputs_and_metadata(saved):
     model, path, info = saved
     loaded, got = load_model(path, task="completion")
@@ -92,6 +98,7 @@ def test_info_must_match_the_model():
         ModelInfo(channels=CH, task="segmentation")
 
 
+@pytest.mark.slow
 def test_skips_are_recorded_and_a_file_without_the_key_loads_as_before(tmp_path):
     """A skip network's file says so and loads with its skips (its outputs unchanged); a file written before
     skips existed (no key) loads as the network without them; the flag must match the model on save."""

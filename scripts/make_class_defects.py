@@ -16,11 +16,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
-from sparseskull.io import read_mask, write_volume
-from sparseskull.models import resolve_model
-from sparseskull.synth.defects import DEFECT_CLASSES, BonePoints, braincase_centre, cut_random_defect
-from sparseskull.weights import read_info
+from sparseskull.data.anatomy import braincase_centre
+from sparseskull.data.io import read_mask, write_volume
+from sparseskull.data.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
+from sparseskull.nets.catalogue import resolve_model
+from sparseskull.nets.files import read_info
 
 
 def main() -> int:

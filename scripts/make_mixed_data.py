@@ -14,11 +14,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
-from sparseskull.io import write_volume
-from sparseskull.models import resolve_model
-from sparseskull.synth.skull import generate_skull
-from sparseskull.weights import read_info
+from sparseskull.data.io import write_volume
+from sparseskull.data.synth.skull import generate_skull
+from sparseskull.nets.catalogue import resolve_model
+from sparseskull.nets.files import read_info
 
 FIRST_SEED = 500_000
 

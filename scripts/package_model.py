@@ -12,8 +12,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from sparseskull.models import models_dir
-from sparseskull.weights import load_model, save_model
+from sparseskull.nets.catalogue import models_dir
+from sparseskull.nets.files import load_model, save_model
 
 
 def _chain(training: dict) -> list[dict]:

@@ -3,8 +3,9 @@
 The full Slicer application cannot run here, so the Designer file is loaded with PySide6's QUiLoader.
 Slicer's CTK/MRML widgets are stood in for by plain Qt widgets of the same look (a titled group for
 ctkCollapsibleButton, a slider with a spin box for ctkSliderWidget, a combo box for
-qMRMLNodeComboBox), and the choices are filled from this machine as the module fills them: the shipped
-models, the devices torch finds and the installed sparse engines.
+qMRMLNodeComboBox), and the choices are filled from this machine by the module's own Logic
+(SparseSkullCompletion/SparseSkullCompletionLib, run headless: needs slicer-core, in the ``[test]``
+extra): the shipped models, the devices torch finds and the installed sparse engines.
 
     python scripts/render_panel.py Resources/Screenshots/panel.png [--report OUT/report.json]
 
@@ -20,7 +21,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-UI_FILE = REPO / "SparseSkullCompletion" / "Resources" / "UI" / "SparseSkullCompletion.ui"
+MODULE_DIR = REPO / "SparseSkullCompletion"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SparseSkullCompletion.ui"
 
 
 _STAND_INS = None
@@ -106,34 +108,27 @@ def load_panel():
 
 
 def fill(panel, report: dict | None = None) -> None:
-    """The choices the module's Widget fills in, from this machine."""
+    """The choices the module's Widget fills in, from this machine, asked of the module's Logic."""
     from PySide6 import QtWidgets
 
-    sys.path.insert(0, str(REPO / "SparseSkullCompletion"))
-    from sparseskull.models import available_models, default_model_name
-    from sparseskull.sparse.backends import available_backends
-    from sparseskull.train import available_devices
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+    from SparseSkullCompletionLib import CompletionResults
+    from SparseSkullCompletionLib import SparseSkullCompletionLogic as Logic
 
     def child(name, cls=QtWidgets.QWidget):
         return panel.findChild(cls, name)
 
     child("inputSelector", QtWidgets.QComboBox).addItem("Head CT (sample)")
-    default = default_model_name()
-    for m in sorted(available_models(), key=lambda m: m.name != default):
-        if m.info.task == "completion":
-            child("modelComboBox", QtWidgets.QComboBox).addItem(m.label)
-    devices = child("deviceComboBox", QtWidgets.QComboBox)
-    gpus = [label for _, label in available_devices()]
-    devices.addItems(["Auto", "CPU", *gpus])
-    child("deviceInfoLabel", QtWidgets.QLabel).setText("Detected: " + (", ".join(gpus) if gpus else "CPU only (no GPU found by torch)"))
-    child("backendComboBox", QtWidgets.QComboBox).addItems(available_backends())
+    child("modelComboBox", QtWidgets.QComboBox).addItems([label for label, _ in Logic.modelChoices()])
+    child("deviceComboBox", QtWidgets.QComboBox).addItems([label for label, _ in Logic.deviceChoices()])
+    child("deviceInfoLabel", QtWidgets.QLabel).setText(Logic.deviceSummary())
+    child("backendComboBox", QtWidgets.QComboBox).addItems(Logic.backendChoices())
     child("applyButton", QtWidgets.QPushButton).setEnabled(True)
     child("statusLabel", QtWidgets.QLabel).setText("Ready: check the green bone preview, then click Complete skull.")
     if report is not None:
         child("progressBar", QtWidgets.QProgressBar).setValue(100)
-        seconds = report["seconds"].get("total", 0) + report["seconds"].get("write", 0)
-        child("statusLabel", QtWidgets.QLabel).setText(
-            f"Implant {report['implant']['volume_cm3']:.1f} cm3, model {report['model']['name']}, {seconds:.0f} s on {report['device']}.")
+        child("statusLabel", QtWidgets.QLabel).setText(CompletionResults(None, None, report, []).summary)
         child("showLogButton", QtWidgets.QPushButton).setEnabled(True)
         child("exportStlButton", QtWidgets.QPushButton).setEnabled(True)
 

@@ -11,7 +11,7 @@ from sparseskull import __version__
 
 
 def _cmd_make_data(args) -> int:
-    from sparseskull.synth.make_data import make_data
+    from sparseskull.data.synth.make_data import make_data
 
     t0 = time.perf_counter()
     manifest = make_data(
@@ -42,12 +42,12 @@ def _summary(report: dict, out: str) -> None:
     for w in report.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     print(f"model {report['model']['name']} on {report['device']} ({report['backend']}); {report['seconds']['total'] + report['seconds'].get('write', 0):.1f} s; "
-          f"peak memory {report.get('peak_mib', 0):.0f} MiB")
+          + ("peak memory unknown on this platform" if report.get("peak_mib") is None else f"peak memory {report['peak_mib']:.0f} MiB"))
     print(f"outputs in {out}/: {', '.join(report.get('files', []))}")
 
 
 def _cmd_demo(args) -> int:
-    from sparseskull.demo import run_demo
+    from sparseskull.evaluation.demo import run_demo
 
     report = run_demo(args.out, threshold_hu=args.threshold_hu, picture=not args.no_picture, model=args.model, device=args.device,
                       backend=args.backend, progress=_stage_printer(), span_opening=not args.no_span)
@@ -60,26 +60,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _threshold(value: str):
-    return value if value == "auto" else float(value)
-
-
 def complete_options(args):
-    """The CompleteOptions that `sparseskull complete`'s arguments ask for (pipeline.options_to_args is the inverse)."""
-    from sparseskull.pipeline import CompleteOptions
+    """The CompleteOptions that `sparseskull complete`'s arguments ask for (implant.options.options_to_args is the inverse)."""
+    from sparseskull.implant.options import options_from_args
 
-    return CompleteOptions(
-        threshold_hu=args.threshold_hu, input_kind=args.input_kind, model=args.model, device=args.device, backend=args.backend,
-        min_implant_mm3=args.min_implant_mm3, clearance_mm=args.clearance_mm, min_thickness_mm=args.min_thickness_mm,
-        drop_behind_bone=not args.keep_behind_bone, span_opening=not args.no_span, drop_mandible=args.drop_mandible,
-        smoothing_iterations=args.smoothing,
-        decimate=args.decimate, stl_space=args.stl_space, skull_stl=args.skull_stl, preview=not args.no_preview, threads=args.threads,
-        **({} if args.min_depth_mm is None else {"min_depth_mm": args.min_depth_mm}),
-    )
+    return options_from_args(args)
+
+
+def _option_arguments(p: argparse.ArgumentParser, names=None) -> None:
+    """Flags built from CompleteOptions' schema (implant.options): every option with a flag, or those in ``names``."""
+    from sparseskull.implant.options import CompleteOptions, option_flags
+    from sparseskull.sparse.backends import BACKENDS
+
+    default = CompleteOptions()
+    for f in option_flags():
+        if names is not None and f.name not in names:
+            continue
+        meta, value = f.metadata, getattr(default, f.name)
+        if meta["sets"] is not None:
+            p.add_argument(meta["flag"], dest=f.name, action="store_const", const=meta["sets"], default=value, help=meta["help"])
+            continue
+        choices = BACKENDS if f.name == "backend" else meta["choices"]
+        shown = "" if value is None else f" (default {value})"
+        p.add_argument(meta["flag"], dest=f.name, type=meta["type"] or type(value), choices=choices, default=value, help=meta["help"] + shown)
 
 
 def _cmd_complete(args) -> int:
-    from sparseskull.pipeline import run_complete
+    from sparseskull.implant.pipeline import run_complete
 
     result = run_complete(args.input, args.out, complete_options(args), progress=_stage_printer())
     _summary(result.report, args.out)
@@ -87,10 +94,15 @@ def _cmd_complete(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from sparseskull.evaluate import METRICS, SR_METRICS, evaluate, evaluate_sr
-    from sparseskull.models import resolve_model
-    from sparseskull.pipeline import CompleteOptions
-    from sparseskull.weights import read_info
+    from sparseskull.evaluation.evaluate import (
+        METRICS,
+        SR_METRICS,
+        evaluate,
+        evaluate_sr,
+    )
+    from sparseskull.implant.options import CompleteOptions
+    from sparseskull.nets.catalogue import resolve_model
+    from sparseskull.nets.files import read_info
 
     if read_info(resolve_model(args.model)).task == "super-resolution":
         if args.threads:
@@ -119,7 +131,11 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from sparseskull.models import available_models, default_model_name, models_dir
+    from sparseskull.nets.catalogue import (
+        available_models,
+        default_model_name,
+        models_dir,
+    )
 
     models = available_models(baselines=True)
     if not models:
@@ -152,7 +168,7 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_make_sample(args) -> int:
-    from sparseskull.sample import make_sample
+    from sparseskull.data.sample import make_sample
 
     print(f"wrote the sample to {make_sample(args.out)}")
     return 0
@@ -161,7 +177,7 @@ def _cmd_make_sample(args) -> int:
 def _bench_network(args) -> int:
     from pathlib import Path
 
-    from sparseskull.bench import NETWORK_RESOLUTIONS, bench_network
+    from sparseskull.evaluation.bench import NETWORK_RESOLUTIONS, bench_network
     from sparseskull.sparse.backends import available_backends
 
     data = args.data
@@ -188,7 +204,7 @@ def _bench_network(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from sparseskull.bench import bench_engine, bench_train
+    from sparseskull.evaluation.bench import bench_engine, bench_train
 
     if args.what == "network":
         return _bench_network(args)
@@ -219,13 +235,13 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_train(argv: list[str]) -> int:
-    from sparseskull.train import main as train_main
+    from sparseskull.training.loop import main as train_main
 
     return train_main(argv, prog="sparseskull train")
 
 
 def _cmd_info(args) -> int:
-    from sparseskull.model import SparseCompletionNet, layer_table
+    from sparseskull.nets.sparse_net import SparseCompletionNet, layer_table
 
     model = SparseCompletionNet(args.channels)
     rows = layer_table(model)
@@ -239,9 +255,7 @@ def _cmd_info(args) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="a shipped model's name (`sparseskull models`) or a .safetensors path (default: the default model)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--backend", choices=["torch", "minkowski", "spconv"], default="torch", help="sparse engine (default torch)")
+    _option_arguments(p, ("model", "device", "backend"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the bundled sample and print metrics against its ground truth")
     p.add_argument("--out", default="demo_out", help="output folder (replaced when the run succeeds; default: demo_out)")
-    p.add_argument("--threshold-hu", type=_threshold, default=300.0, help="bone threshold in HU, or auto (default 300)")
+    _option_arguments(p, ("threshold_hu",))
     p.add_argument("--no-picture", action="store_true", help="skip the preview PNG")
     p.add_argument("--no-span", action="store_true", help="the network's own implant: the pipeline without spanning the opening")
     _model_options(p)
@@ -263,28 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("complete", help="design an implant: head CT (or skull mask) in, implant STL, masks, report and preview out")
     p.add_argument("input", help="a head CT or skull mask: NRRD, NIfTI, MHA/MHD file, or a DICOM series folder")
     p.add_argument("--out", required=True, help="output folder (written only when the whole run succeeds)")
-    p.add_argument("--threshold-hu", type=_threshold, default=300.0, help="bone threshold in HU, or auto (Otsu); default 300")
-    p.add_argument("--input-kind", choices=["auto", "ct", "mask"], default="auto", help="auto: a volume of only 0 and 1 is a mask")
-    p.add_argument("--drop-mandible", action="store_true",
-                   help="also drop a mandible that touches the skull (at the jaw joints or the teeth); one that does not is always dropped")
-    _model_options(p)
-    p.add_argument("--clearance-mm", type=float, default=0.0, help="gap between implant and bone, for fit (default 0)")
-    p.add_argument("--min-implant-mm3", type=float, default=100.0, help="drop implant pieces smaller than this (default 100)")
-    p.add_argument("--min-depth-mm", type=float, default=None,
-                   help="drop implant parts that never get this far from the bone, as layers on intact bone (default 10; 0: keep all)")
-    p.add_argument("--keep-behind-bone", action="store_true",
-                   help="keep implant parts that lie inside the cranial cavity behind intact bone (dropped by default)")
-    p.add_argument("--no-span", action="store_true",
-                   help="leave the implant as the network completed it, instead of completing the plate over the whole opening "
-                        "from the bone around it (and dropping what lies off that plate)")
-    p.add_argument("--min-thickness-mm", type=float, default=0.0,
-                   help="grow the implant inwards (its outer surface stays) where it is thinner than this (default 0: off)")
-    p.add_argument("--smoothing", type=int, default=20, help="windowed-sinc smoothing iterations of the STL (default 20)")
-    p.add_argument("--decimate", type=float, default=0.5, help="share of triangles removed (default 0.5)")
-    p.add_argument("--stl-space", choices=["LPS", "RAS"], default="LPS", help="STL coordinates (default LPS, Slicer's file convention)")
-    p.add_argument("--skull-stl", action="store_true", help="also write the completed skull as STL")
-    p.add_argument("--no-preview", action="store_true", help="skip the preview PNG")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _option_arguments(p)
     p.set_defaults(func=_cmd_complete)
 
     p = sub.add_parser("evaluate", help="run the complete pipeline on a data set with ground truth and score it (DSC, RE, bDSC, HD95)")

@@ -1,0 +1,44 @@
+"""The skull's own frame for the clinical path: the centre of the braincase, and lines out from it.
+
+Spanning, the occlusion filter, thickening and the no-network baseline all look out from the braincase
+centre along straight lines; these are their shared pieces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparseskull.data.volume import Volume
+
+
+def braincase_centre(skull: Volume) -> np.ndarray:
+    """Estimate the centre of the braincase (LPS mm) of a skull mask with a head-up pose.
+
+    Left-right and front-back: the middle of the bone's extent; up-down: below the vertex by
+    0.42 of the skull's length (the vault's height is about 0.8 of its half-length).
+    """
+    ijk = np.argwhere(skull.array)
+    if len(ijk) == 0:
+        raise ValueError("the skull mask is empty: there is no bone to cut a defect from")
+    lps = skull.index_to_lps(ijk[:: max(1, len(ijk) // 200_000)])
+    lo, hi = np.percentile(lps, 0.5, axis=0), np.percentile(lps, 99.5, axis=0)
+    centre = 0.5 * (lo + hi)
+    centre[2] = hi[2] - 0.42 * (hi[1] - lo[1])
+    return centre
+
+
+def outward_directions(skull: Volume, lps: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+    """Unit directions (N x 3) from ``centre`` (default: the skull's braincase centre) out through each point."""
+    outward = lps - (braincase_centre(skull) if centre is None else centre)
+    return outward / np.maximum(np.linalg.norm(outward, axis=1, keepdims=True), 1e-9)
+
+
+def line_hits(mask: np.ndarray, to_index, lps: np.ndarray, outward: np.ndarray, distances) -> np.ndarray:
+    """For each point, whether ``mask`` holds any of the points ``distances`` mm out along its line (``to_index``:
+    LPS to ``mask``'s fractional indices; points off the mask count as empty)."""
+    hit = np.zeros(len(lps), bool)
+    for distance in distances:
+        c = np.rint(to_index(lps + distance * outward)).astype(int)
+        ok = np.all((c >= 0) & (c < np.array(mask.shape)), axis=1)
+        hit[ok] |= mask[tuple(c[ok].T)]
+    return hit

@@ -1,0 +1,253 @@
+"""Training pairs for the two tasks, drawn from skulls on disk (real or generated).
+
+- Completion: a defective skull -> its complete skull. The defect is either one stored with the
+  data set or a new one cut on the fly from the complete skull (SkullBreak classes), so a few
+  complete skulls give endless pairs.
+- Super-resolution: the complete skull at a coarse resolution, upsampled to the training grid ->
+  the complete skull at the training resolution (64->128, 64->256, 64->512, 128->256, ...).
+
+Each pair is augmented (flip, small rotation, shift) and returned as voxel coordinates; a batch
+is several pairs with batch indices. Every draw takes its randomness from the generator it is
+given, so a step's batch depends only on (seed, step): that is what makes --resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparseskull.data.augment import Augmentation, augment
+from sparseskull.data.dataset import find_cases
+from sparseskull.data.io import read_mask, write_volume
+from sparseskull.data.resample import PAPER_RESOLUTIONS, downsample_to, upsample_nearest
+from sparseskull.data.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
+from sparseskull.data.volume import Volume
+from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
+
+TASKS = ("completion", "super-resolution")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPARSESKULL_CACHE", Path.home() / ".cache" / "sparseskull")) / "coarse"
+
+
+def read_at(path: Path, resolution: int, cache: bool = True) -> Volume:
+    """A mask at the paper's ``resolution`` (in-plane grid size): read as is when it already has that
+    size, else downsampled from full resolution, with the copy cached on disk (keyed by the file's
+    path, size and time) because reading and downsampling a 512^2 x Z mask takes seconds."""
+    path = Path(path)
+    if cache:
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{resolution}".encode()).hexdigest()[:24]
+        cached = cache_dir() / f"{key}.nrrd"
+        if cached.is_file():
+            return read_mask(cached)
+    mask = read_mask(path)
+    if mask.shape[0] != resolution:
+        mask = downsample_to(mask, resolution)
+        if cache:
+            write_volume(mask, cached)
+    return mask
+
+
+@dataclass
+class Skull:
+    """One skull at the training resolution: its complete mask, the defective masks stored with it,
+    and (super-resolution) its coarse copy upsampled to the training grid."""
+
+    case_id: str
+    complete: Volume
+    defects: list[tuple[str | None, np.ndarray]] = field(default_factory=list)
+    coarse: np.ndarray | None = None
+    _bone: BonePoints | None = field(default=None, repr=False)
+
+    @property
+    def bone(self) -> BonePoints:
+        if self._bone is None:
+            self._bone = BonePoints.of(self.complete)
+        return self._bone
+
+
+def load_skulls(
+    root,
+    resolution: int = 64,
+    sr_from: int | None = None,
+    classes: tuple[str, ...] | None = None,
+    case_ids: list[str] | None = None,
+    progress=None,
+    limit: int | None = None,
+) -> list[Skull]:
+    """The skulls of a data set (SkullFix, SkullBreak or complete-only layout) at ``resolution``.
+
+    Coarse copies written by ``make-data`` are used where they exist; otherwise masks are read at full
+    resolution and downsampled (and cached). ``sr_from``: also make the super-resolution input.
+    ``limit``: only the first ``limit`` skulls (by id).
+    """
+    if resolution not in PAPER_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {PAPER_RESOLUTIONS}; got {resolution}")
+    if sr_from is not None and (sr_from not in PAPER_RESOLUTIONS or sr_from >= resolution):
+        raise ValueError(f"super-resolution goes from a coarser grid to a finer one; got {sr_from} -> {resolution}")
+    full = find_cases(root, None, classes)
+    try:
+        copies = {(c.case_id, c.defect_class): c for c in find_cases(root, resolution, classes)} if resolution != 512 else {}
+    except FileNotFoundError:
+        copies = {}
+    by_id: dict[str, list] = {}
+    for case in full:
+        by_id.setdefault(case.case_id, []).append(case)
+    if case_ids is not None:
+        missing = sorted(set(case_ids) - set(by_id))
+        if missing:
+            raise ValueError(f"{root}: no case {', '.join(missing)}")
+        by_id = {cid: by_id[cid] for cid in case_ids}
+    if limit is not None:
+        by_id = dict(sorted(by_id.items())[:limit])
+    skulls = []
+    items = list(by_id.items())
+    for cid, cases in (progress(items, desc=f"loading skulls at {resolution}", unit="skull") if progress else items):
+        first = copies.get((cid, cases[0].defect_class), cases[0])
+        if first.complete is None:
+            continue  # no ground truth: nothing to train on
+        complete = read_at(first.complete, resolution)
+        defects = []
+        for case in cases:
+            stored = copies.get((case.case_id, case.defect_class), case).defective
+            if stored is not None:
+                d = read_at(stored, resolution)
+                if d.shape != complete.shape:
+                    raise ValueError(f"{stored}: grid {d.shape} differs from its complete skull's {complete.shape}")
+                defects.append((case.defect_class, np.asarray(d.array, dtype=bool) & np.asarray(complete.array, dtype=bool)))
+        coarse = None
+        if sr_from is not None:
+            low = read_at(cases[0].complete, sr_from)
+            coarse = upsample_nearest(np.asarray(low.array, dtype=bool), resolution // sr_from, complete.shape)
+        skulls.append(Skull(cid, complete.with_array(np.asarray(complete.array, dtype=bool)), defects, coarse))
+    if not skulls:
+        raise ValueError(f"{root}: no case has a complete skull, so there is no ground truth to train on")
+    return skulls
+
+
+def split(skulls: list[Skull], validation: float, seed: int) -> tuple[list[Skull], list[Skull]]:
+    """A fixed train/validation split by skull (never by defect: one skull's defects stay together).
+    ``validation``: a fraction (< 1) or a count of skulls."""
+    n = len(skulls)
+    k = int(round(validation * n)) if validation < 1 else int(validation)
+    if n < 2 and validation > 0:
+        return skulls, skulls  # one skull: validate on it (an overfitting run)
+    k = min(max(k, 1 if validation > 0 else 0), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val = sorted(order[:k].tolist())
+    return [s for i, s in enumerate(skulls) if i not in val], [skulls[i] for i in val]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Input and target voxel coordinates (N, 3), on one grid."""
+
+    inputs: np.ndarray
+    target: np.ndarray
+    case_id: str
+    defect: str | None
+
+
+class PairSampler:
+    """Draws augmented training pairs for a task from a list of skulls."""
+
+    def __init__(
+        self,
+        skulls: list[Skull],
+        task: str = "completion",
+        augmentation: Augmentation = Augmentation(),
+        classes: tuple[str, ...] = DEFECT_CLASSES,
+        new_defects: float = 0.5,
+    ):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        if not skulls:
+            raise ValueError("no skulls to draw training pairs from")
+        if task == "super-resolution" and any(s.coarse is None for s in skulls):
+            raise ValueError("super-resolution pairs need the skulls' coarse copies: load them with sr_from")
+        self.skulls, self.task, self.augmentation, self.classes = skulls, task, augmentation, tuple(classes)
+        self.new_defects = new_defects
+
+    def _masks(self, skull: Skull, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str | None]:
+        complete = np.asarray(skull.complete.array, dtype=bool)
+        if self.task == "super-resolution":
+            return skull.coarse, complete, None
+        if skull.defects and rng.random() >= self.new_defects:
+            cls, defective = skull.defects[int(rng.integers(len(skull.defects)))]
+            return defective, complete, cls
+        cls, defective = self._new_defect(skull, rng)
+        return defective, complete, cls
+
+    def _new_defect(self, skull: Skull, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+        """A random defect of a random class among ``classes``, cut from the complete skull."""
+        cls = self.classes[int(rng.integers(len(self.classes)))]
+        return cls, np.asarray(cut_random_defect(skull.bone, cls, rng).defective.array, dtype=bool)
+
+    def draw(self, rng: np.random.Generator) -> Pair:
+        skull = self.skulls[int(rng.integers(len(self.skulls)))]
+        inputs, target, cls = self._masks(skull, rng)
+        t, x = augment([target, inputs], rng, self.augmentation, skull.complete.spacing_mm)
+        return Pair(x, t, skull.case_id, cls)
+
+    def batch(self, rng: np.random.Generator, size: int) -> list[Pair]:
+        return [self.draw(rng) for _ in range(size)]
+
+    def fixed(self, seed: int = 0) -> list[Pair]:
+        """Validation pairs, the same every time: every stored defect, or one random defect per skull
+        (seeded by its id) where none is stored; no augmentation."""
+        pairs = []
+        for skull in self.skulls:
+            complete = np.asarray(skull.complete.array, dtype=bool)
+            if self.task == "super-resolution":
+                masks = [(None, skull.coarse)]
+            elif skull.defects:
+                masks = skull.defects
+            else:
+                rng = np.random.default_rng([seed, int(hashlib.sha256(skull.case_id.encode()).hexdigest()[:8], 16)])
+                masks = [self._new_defect(skull, rng)]
+            for cls, inputs in masks:
+                t, x = augment([complete, inputs], np.random.default_rng(0), Augmentation.none())
+                pairs.append(Pair(x, t, skull.case_id, cls))
+        return pairs
+
+
+def collate(pairs: list[Pair], device="cpu") -> tuple[SparseTensor, CoordinateSet]:
+    """A batch: the inputs as one sparse tensor (features 1) and the targets' coordinate set."""
+    def stack(arrays):
+        return torch.from_numpy(np.concatenate([np.concatenate([np.full((len(a), 1), b), a], axis=1) for b, a in enumerate(arrays)]).astype(np.int64))
+
+    empty = [p.case_id for p in pairs if len(p.inputs) == 0]
+    if empty:
+        raise ValueError(f"empty input skull in case {', '.join(empty)}")
+    coords = stack([p.inputs for p in pairs]).to(device)
+    x = SparseTensor.from_coords(coords, torch.ones(len(coords), 1, device=device))
+    target, _ = CoordinateSet.from_coords(stack([p.target for p in pairs]).to(device))
+    return x, target
+
+
+def with_input(pred: CoordinateSet, inputs: CoordinateSet) -> CoordinateSet:
+    """The completed skull as the paper defines it (Eq. 4: C_out = [C_in; C_imp]): the input's voxels
+    and the generated ones."""
+    return CoordinateSet(torch.unique(torch.cat([pred.keys, inputs.keys.to(pred.keys.device)])), pred.stride)
+
+
+def minus(a: CoordinateSet, b: CoordinateSet) -> CoordinateSet:
+    """The coordinates of ``a`` not in ``b`` (e.g. implant = completed minus defective)."""
+    return CoordinateSet(a.keys[~torch.isin(a.keys, b.keys.to(a.keys.device))], a.stride)
+
+
+def dice_by_batch(pred: CoordinateSet, target: CoordinateSet, batch_size: int) -> list[float]:
+    """DSC of the predicted and target coordinates of each batch item (0 when both are empty)."""
+    hit = torch.isin(pred.keys, target.keys)
+    pb, tb = pred.coords[:, 0].long(), target.coords[:, 0].long()
+    inter = torch.bincount(pb[hit], minlength=batch_size)
+    n_pred, n_true = torch.bincount(pb, minlength=batch_size), torch.bincount(tb, minlength=batch_size)
+    total = (n_pred + n_true).clamp(min=1)
+    return (2.0 * inter / total).tolist()

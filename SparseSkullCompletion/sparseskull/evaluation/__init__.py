@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the validation report with its baselines, benchmarks and the bundled demo."""

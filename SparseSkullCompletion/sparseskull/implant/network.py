@@ -1,0 +1,72 @@
+"""The trained network as the pipeline's completion step: the input voxels plus those it generates (the
+paper's Eq. 4), on the model's grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sparseskull.implant.options import InputError
+
+if TYPE_CHECKING:
+    from sparseskull.implant.grid import ModelGrid
+
+def network_points(model, ijk: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
+    """The voxel coordinates (M x 3) the network outputs for input voxels ``ijk`` (N x 3, one skull), in inference."""
+    import torch
+
+    from sparseskull.sparse.backends import from_backend, to_backend
+    from sparseskull.sparse.tensor import SparseTensor
+
+    coords = torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], axis=1)).to(device)
+    x = SparseTensor.from_coords(coords, torch.ones(len(coords), 1, device=device))
+    with torch.inference_mode():
+        out = model(to_backend(x, backend), tau=tau)
+    return from_backend(out.output).coords[:, 1:].cpu().numpy() if out.output is not None else np.zeros((0, 3), int)
+
+
+def run_network(model, coarse: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
+    """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4)."""
+    ijk = np.argwhere(coarse)
+    if len(ijk) == 0:
+        raise InputError("the skull vanishes at the model's resolution (too thin or too small for this model)")
+    pred = network_points(model, ijk, backend, device, tau)
+    inside = np.all((pred >= 0) & (pred < np.array(coarse.shape)), axis=1)
+    completed = coarse.copy()
+    completed[tuple(pred[inside].T)] = True
+    return completed
+
+
+class NetworkCompleter:
+    """The trained network as the pipeline's completion step: a model file (a shipped model's name, a
+    path, or None for the default), on a device and a sparse backend. ``architectures``: those accepted
+    (default: the sparse network only; the dense baseline must be asked for)."""
+
+    def __init__(self, spec=None, device: str = "auto", backend: str = "torch", architectures: tuple[str, ...] | None = None):
+        from sparseskull.nets.catalogue import resolve_model
+        from sparseskull.nets.files import DENSE, SPARSE, load_model
+        from sparseskull.runtime import pick_device
+        from sparseskull.sparse.backends import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.path = resolve_model(spec)
+        self.device = pick_device(device)
+        self.model, self.info = load_model(self.path, device=self.device, architectures=architectures or (SPARSE,))
+        self.dense = self.info.architecture == DENSE  # the dense baseline (evaluate --baselines dense)
+        self.backend = "dense" if self.dense else backend
+        if self.info.task != "completion":
+            raise InputError(f"{self.path}: a {self.info.task} model; completing a skull needs a completion model")
+        if self.info.spacing_mm is None:
+            raise InputError(f"{self.path}: the model file does not say its voxel spacing, so the CT cannot be brought to its grid")
+        self.name = Path(self.path).stem
+
+    def __call__(self, coarse: np.ndarray, grid: "ModelGrid | None" = None) -> np.ndarray:
+        if self.dense:
+            from sparseskull.nets.dense_net import complete_dense
+
+            return complete_dense(self.model, coarse, device=self.device)
+        return run_network(self.model, coarse, self.backend, self.device, self.info.tau)
+

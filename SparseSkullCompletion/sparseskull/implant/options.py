@@ -1,0 +1,112 @@
+"""What the clinical job is asked to do: its options, its stages and the error for input it cannot complete.
+
+One schema: each :class:`CompleteOptions` field that the command line can set names its flag in the field's
+metadata; ``sparseskull complete`` builds its flags from it, and :func:`options_to_args` turns options back
+into them for a child process (Slicer), so an option cannot be added to one side and dropped on the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from sparseskull.implant.skull import DEFAULT_THRESHOLD_HU
+
+STAGES = ("read", "skull", "model grid", "network", "CT grid", "clean", "mesh", "write")
+
+
+INPUT_KINDS = ("auto", "ct", "mask")
+
+
+DEFAULT_MIN_DEPTH_MM = 10.0
+
+
+class InputError(ValueError):
+    """The input cannot be completed; the message says why and what to do."""
+
+
+def threshold_value(value: str) -> float | str:
+    """A bone threshold as given on the command line: HU, or ``auto``."""
+    return value if value == "auto" else float(value)
+
+
+def _opt(default, flag: str | None = None, help: str = "", type=None, choices=None, sets: bool | None = None):
+    """A field with its command-line flag. ``sets``: a switch that sets the field to this value (``--no-span``
+    sets ``span_opening`` to False); otherwise the flag takes a value of ``type`` (default: the default's type)."""
+    meta = {"flag": flag, "help": help, "type": type, "choices": choices, "sets": sets} if flag else {}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CompleteOptions:
+    threshold_hu: float | str = _opt(DEFAULT_THRESHOLD_HU, "--threshold-hu", "bone threshold in HU, or auto (Otsu)", type=threshold_value)
+    input_kind: str = _opt("auto", "--input-kind", "auto: a volume of only 0 and 1 is a mask", choices=INPUT_KINDS)
+    drop_mandible: bool = _opt(False, "--drop-mandible", "also drop a mandible that touches the skull (at the jaw joints or the teeth); "
+                               "one that does not is always dropped", sets=True)
+    model: str | None = _opt(None, "--model", "a shipped model's name (`sparseskull models`) or a .safetensors path (default: the default model)", type=str)
+    device: str = _opt("auto", "--device", "auto, cpu, cuda, cuda:1, mps")
+    backend: str = _opt("torch", "--backend", "sparse engine (the command line offers sparseskull.sparse.backends.BACKENDS)")
+    min_implant_mm3: float = _opt(100.0, "--min-implant-mm3", "drop implant pieces smaller than this")
+    clearance_mm: float = _opt(0.0, "--clearance-mm", "gap between implant and bone, for fit")
+    keep_fraction: float = 0.2  # pieces smaller than this share of the largest piece are dropped (one defect, one plate); no flag
+    min_depth_mm: float = _opt(DEFAULT_MIN_DEPTH_MM, "--min-depth-mm", "drop implant parts that never get this far from the bone, "
+                               "as layers on intact bone (0: keep all)")
+    min_thickness_mm: float = _opt(0.0, "--min-thickness-mm", "grow the implant inwards (its outer surface stays) where it is thinner "
+                                   "than this (0: off)")
+    drop_behind_bone: bool = _opt(True, "--keep-behind-bone", "keep implant parts that lie inside the cranial cavity behind intact bone "
+                                  "(dropped by default)", sets=False)
+    span_opening: bool = _opt(True, "--no-span", "leave the implant as the network completed it, instead of completing the plate over "
+                              "the whole opening from the bone around it (and dropping what lies off that plate)", sets=False)
+    smoothing_iterations: int = _opt(20, "--smoothing", "windowed-sinc smoothing iterations of the STL")
+    decimate: float = _opt(0.5, "--decimate", "share of triangles removed")
+    stl_space: str = _opt("LPS", "--stl-space", "STL coordinates (LPS: Slicer's file convention)", choices=("LPS", "RAS"))
+    skull_stl: bool = _opt(False, "--skull-stl", "also write the completed skull as STL", sets=True)
+    preview: bool = _opt(True, "--no-preview", "skip the preview PNG", sets=False)
+    max_extent: float = 1.5  # refuse a skull spanning more than this many times the model's field of view; no flag
+    threads: int | None = _opt(None, "--threads", "CPU threads for torch", type=int)
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}; got {self.input_kind!r}")
+        if self.stl_space.upper() not in ("LPS", "RAS"):
+            raise ValueError(f"the STL space must be LPS or RAS; got {self.stl_space!r}")
+        if isinstance(self.threshold_hu, str) and self.threshold_hu != "auto":
+            self.threshold_hu = float(self.threshold_hu)
+        if not 0 <= self.keep_fraction <= 1:
+            raise ValueError(f"keep_fraction is a share of the largest piece, in [0, 1]; got {self.keep_fraction}")
+        if self.min_implant_mm3 < 0 or self.clearance_mm < 0 or self.min_depth_mm < 0 or self.min_thickness_mm < 0:
+            raise ValueError("the minimum implant volume, depth and thickness and the clearance cannot be negative")
+        if not 0 <= self.decimate < 1:
+            raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
+
+
+def option_flags() -> list:
+    """The dataclass fields of :class:`CompleteOptions` that have a command-line flag."""
+    return [f for f in fields(CompleteOptions) if f.metadata.get("flag")]
+
+
+def options_to_args(options: CompleteOptions) -> list[str]:
+    """The ``sparseskull complete`` arguments that reproduce ``options`` (only what differs from the defaults)."""
+    default = CompleteOptions()
+    args: list[str] = []
+    for f in fields(CompleteOptions):
+        value = getattr(options, f.name)
+        if value == getattr(default, f.name):
+            continue
+        flag = f.metadata.get("flag")
+        if not flag:
+            raise ValueError(f"{f.name} has no command-line flag; run complete_skull() in this process to change it")
+        sets = f.metadata["sets"]
+        if sets is not None:
+            if value != sets:
+                raise ValueError(f"{f.name}={value!r}: {flag} only sets it to {sets}")
+            args.append(flag)
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def options_from_args(args, **fixed) -> CompleteOptions:
+    """The options a parsed command line asks for (argparse dests are the field names); ``fixed``: fields set
+    by the caller instead."""
+    given = {f.name: getattr(args, f.name) for f in option_flags() if hasattr(args, f.name)}
+    return CompleteOptions(**{**given, **fixed})

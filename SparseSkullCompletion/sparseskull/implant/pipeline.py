@@ -1,0 +1,281 @@
+"""The clinical job, headless: from a head CT (or a skull mask) to a printable implant.
+
+Stages: read -> skull (threshold, largest bone, crop) -> model grid (block-average to the model's
+voxel spacing, as in training) -> network (completion; the completed skull is the input plus what
+the network generates, the paper's Eq. 4) -> back onto the CT grid (the coarse completed skull
+interpolated linearly, restricted to the coarse implant's neighbourhood) -> clean (clearance,
+specks, parts away from the defect) -> mesh (closed, manifold, patient mm) -> write.
+
+``sparseskull complete``, ``sparseskull demo``, ``sparseskull evaluate`` and the Slicer module all
+run :func:`complete_skull` / :func:`run_complete`, so their figures are what a user gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sparseskull import __version__
+from sparseskull.data.anatomy import braincase_centre
+from sparseskull.data.io import (
+    looks_like_mask,
+    read_volume,
+    staged_output,
+    write_volume,
+)
+from sparseskull.data.volume import Volume
+from sparseskull.implant.clean import clean_implant, ensure_thickness
+from sparseskull.implant.grid import to_ct_grid, to_model_grid
+from sparseskull.implant.network import NetworkCompleter
+from sparseskull.implant.options import STAGES, CompleteOptions, InputError
+from sparseskull.implant.skull import (
+    auto_threshold,
+    drop_mandible,
+    largest_component,
+    skull_mask_from_ct,
+)
+from sparseskull.runtime import peak_mib, set_threads
+
+
+@dataclass
+class CompletionResult:
+    defective: Volume  # the skull mask on the input grid
+    completed: Volume  # defective | implant
+    implant: Volume
+    mesh: object | None  # vtkPolyData of the implant, LPS or RAS as asked; None when the implant is empty
+    report: dict
+    input: Volume | None = None  # the CT (or mask) as read
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, dict]:
+    """The defective skull mask on the input grid (largest connected bone), and what was done."""
+    kind = options.input_kind
+    if kind == "auto":
+        kind = "mask" if looks_like_mask(volume) else "ct"
+    info: dict = {"input_kind": kind}
+    if kind == "mask":
+        bone = np.asarray(volume.array) != 0
+        if not bone.any():
+            raise InputError("the mask is empty: there is no skull to complete")
+    else:
+        threshold = auto_threshold(volume) if options.threshold_hu == "auto" else float(options.threshold_hu)
+        info["threshold_hu"] = round(threshold, 1)
+        bone = np.asarray(skull_mask_from_ct(volume, threshold, keep_largest=False).array)
+    total = int(bone.sum())
+    skull = largest_component(bone)
+    if options.drop_mandible:
+        mandible_free, info["mandible_voxels"] = drop_mandible(volume.with_array(skull))
+        skull = np.asarray(mandible_free.array)
+    kept = int(skull.sum())
+    info.update(bone_voxels=total, skull_voxels=kept, dropped_voxels=total - kept)
+    if kept * volume.voxel_volume_mm3 < 20_000:  # 20 cm^3: a skull vault has several hundred
+        raise InputError(f"the largest piece of bone is only {kept * volume.voxel_volume_mm3 / 1000:.1f} cm^3: "
+                         "this does not look like a skull (wrong threshold, or not a head CT?)")
+    return volume.with_array(skull), info
+
+
+def complete_skull(source, options: CompleteOptions | None = None, progress: Progress | None = None, completer=None) -> CompletionResult:
+    """Run the pipeline on a path (image file or DICOM folder) or a :class:`Volume`; nothing is written.
+
+    ``completer``: the completion step, by default a :class:`NetworkCompleter` for ``options.model``.
+    Any object with ``info`` (a ModelInfo: resolution, spacing_mm), ``name``, ``device``, ``backend``
+    and a call ``(coarse, grid)`` -> completed coarse grid will do; the tests use one that returns the
+    known answer, to check every stage around the network."""
+    from sparseskull.implant.mesh import mask_to_mesh
+
+    options = options or CompleteOptions()
+    set_threads(options.threads)
+    timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    t_start = time.perf_counter()
+    clock = [t_start]
+
+    def stage(name: str) -> None:
+        if progress is not None:
+            progress(name, STAGES.index(name), len(STAGES))
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 3)
+        peaks[name] = peak_mib()
+        clock[0] = now
+
+    stage("read")
+    if isinstance(source, Volume):
+        volume, source_name = source, "volume"
+    else:
+        volume, source_name = read_volume(source), str(source)
+    if completer is None:
+        completer = NetworkCompleter(options.model, options.device, options.backend)
+    info = completer.info
+    done("read")
+
+    stage("skull")
+    skull, skull_info = skull_from_input(volume, options)
+    done("skull")
+
+    stage("model grid")
+    coarse_in, grid = to_model_grid(skull, info.spacing_mm, info.resolution, options.max_extent)
+    coarse_spacing = [round(f * s, 3) for f, s in zip(grid.factors, skull.spacing_mm)]
+    warnings = []
+    mismatch = [abs(c / m - 1) for c, m in zip(coarse_spacing, info.spacing_mm)]
+    if max(mismatch) > 0.25:
+        warnings.append(f"the CT's spacing does not divide into the model's: the model grid has {coarse_spacing} mm voxels, "
+                        f"the model was trained at {list(info.spacing_mm)} mm")
+    done("model grid")
+
+    stage("network")
+    coarse_out = completer(coarse_in, grid)
+    done("network")
+
+    stage("CT grid")
+    raw = to_ct_grid(coarse_in, coarse_out, grid, skull)
+    done("CT grid")
+
+    stage("clean")
+    centre = braincase_centre(skull) if raw.any() else None  # the filters, spanning and thickening look out from it: once
+    implant_array, clean_info = clean_implant(raw, skull, options.min_implant_mm3, options.clearance_mm, options.keep_fraction,
+                                              options.min_depth_mm, options.drop_behind_bone, options.span_opening, centre)
+    if options.min_thickness_mm > 0 and implant_array.any():
+        before = int(implant_array.sum())
+        implant_array = ensure_thickness(implant_array, skull, options.min_thickness_mm, options.clearance_mm, centre=centre)
+        clean_info["thickened_voxels"] = int(implant_array.sum()) - before
+    implant = skull.with_array(implant_array)
+    completed = skull.with_array(np.asarray(skull.array, bool) | implant_array)
+    done("clean")
+
+    stage("mesh")
+    mesh = None
+    mesh_info: dict = {"written": False}
+    if implant_array.any():
+        from sparseskull.implant.mesh import check_mesh
+
+        mesh = mask_to_mesh(implant, options.stl_space, smoothing_iterations=options.smoothing_iterations, decimate=options.decimate)
+        check = check_mesh(mesh)
+        mesh_info = {"written": True, "space": options.stl_space.upper(), "triangles": check.triangles, "watertight": check.watertight,
+                     "volume_cm3": round(check.volume_mm3 / 1000, 3), "area_cm2": round(check.area_mm2 / 100, 2)}
+    done("mesh")
+
+    vox_cm3 = skull.voxel_volume_mm3 / 1000.0
+    implant_cm3 = round(float(implant_array.sum()) * vox_cm3, 3)
+    report = {
+        "sparseskull": __version__,
+        "input": source_name,
+        "grid": list(volume.shape),
+        "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
+        "oblique": bool(not np.allclose(volume.direction, np.diag(np.sign(np.diag(volume.direction))), atol=1e-4)),
+        **skull_info,
+        "skull_volume_cm3": round(float(skull.array.sum()) * vox_cm3, 3),
+        "model": {"path": str(getattr(completer, "path", "")), "name": completer.name, "resolution": info.resolution, "spacing_mm": list(info.spacing_mm),
+                  "channels": list(info.channels), "tau": info.tau, "validation": info.metrics},
+        "model_grid": {"shape": [int(n) for n in coarse_in.shape], "factors": list(grid.factors), "spacing_mm": coarse_spacing,
+                       "input_points": int(coarse_in.sum()), "completed_points": int(coarse_out.sum()),
+                       "generated_points": int((coarse_out & ~coarse_in).sum())},
+        "device": str(completer.device),
+        "backend": completer.backend,
+        "defect_found": bool(implant_array.any()),
+        "implant": {"voxels": int(implant_array.sum()), "volume_cm3": implant_cm3, **clean_info,
+                    "centroid_lps_mm": [round(float(v), 2) for v in implant.centroid_lps()] if implant_array.any() else None},
+        "mesh": mesh_info,
+        "options": {k: v for k, v in asdict(options).items() if k not in ("model",)},
+        "warnings": warnings,
+        "seconds": timings,
+        "peak_mib_after": peaks,
+    }
+    if not implant_array.any():
+        report["message"] = ("no defect found: the network added no bone beyond specks, so there is no implant "
+                             "(an empty implant is a valid answer for an intact skull)")
+    report["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    return CompletionResult(skull, completed, implant, mesh, report, input=volume)
+
+
+def preview(result: CompletionResult, path: Path, title: str = "") -> Path:
+    """The implant in place on the skull (3D), and three orthogonal slices through it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparseskull.implant.render import (
+        BONE,
+        IMPLANT,
+        render_surfaces,
+        slice_views,
+        view_towards,
+    )
+
+    has_implant = bool(result.implant.array.any())
+    focus = result.implant if has_implant else result.defective
+    centre = [int(c) for c in np.argwhere(focus.array).mean(axis=0)]
+    background = result.input if result.input is not None and result.input.shape == result.defective.shape else result.defective
+    is_ct = background is result.input and not looks_like_mask(background)
+    fig, axes = plt.subplots(1, 4, figsize=(20, 5.4), facecolor="black")
+    views = zip(axes, slice_views(background, centre), slice_views(result.defective, centre), slice_views(result.implant, centre))
+    for ax, (name, img, aspect), (_, bone, _), (_, imp, _) in views:
+        ax.imshow(img, cmap="gray", vmin=-150 if is_ct else 0, vmax=1300 if is_ct else 1, aspect=aspect, interpolation="nearest")
+        ax.contour(bone.astype(float), levels=[0.5], colors=["#ffd24d"], linewidths=0.8)
+        if imp.any():
+            ax.contourf(imp.astype(float), levels=[0.5, 1.5], colors=["#f27319"], alpha=0.7)
+        ax.set_title(f"{name}: skull (yellow), implant (orange)", color="white")
+        ax.axis("off")
+    view = view_towards(result.implant, result.defective) if has_implant else "oblique"
+    image = render_surfaces([(result.defective, BONE, 1.0), (result.implant, IMPLANT, 1.0)], view=view, size=(540, 540))
+    axes[3].imshow(image)
+    axes[3].set_title(title or ("implant (orange) on the skull" if has_implant else "no defect found"), color="white")
+    axes[3].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: CompletionResult, folder: Path, options: CompleteOptions) -> list[str]:
+    """Implant STL, masks (with the input's geometry), report and preview into ``folder``."""
+    from sparseskull.implant.mesh import mask_to_mesh, write_stl
+
+    written = []
+    if result.mesh is not None:
+        write_stl(result.mesh, folder / "implant.stl", options.stl_space)
+        written.append("implant.stl")
+    for name, vol in (("implant", result.implant), ("completed_skull", result.completed), ("defective_skull", result.defective)):
+        write_volume(vol.with_array(np.asarray(vol.array, dtype=np.uint8)), folder / f"{name}.nrrd")
+        written.append(f"{name}.nrrd")
+    if options.skull_stl:
+        skull_mesh = mask_to_mesh(result.completed, options.stl_space, sigma=0.6, smoothing_iterations=options.smoothing_iterations, decimate=0.8)
+        write_stl(skull_mesh, folder / "completed_skull.stl", options.stl_space)
+        written.append("completed_skull.stl")
+    if options.preview:
+        preview(result, folder / "preview.png")
+        written.append("preview.png")
+    return written
+
+
+def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None = None, progress: Progress | None = None,
+                 extra_report: Callable[[CompletionResult], dict] | None = None, completer=None) -> CompletionResult:
+    """:func:`complete_skull`, then every output written to ``out`` (all or nothing: a staging folder
+    beside it replaces it only when everything succeeded)."""
+    options = options or CompleteOptions()
+    out = Path(out)
+    result = complete_skull(source, options, progress, completer)
+    if progress is not None:
+        progress("write", STAGES.index("write"), len(STAGES))
+    t0 = time.perf_counter()
+    with staged_output(out) as stage:
+        files = write_outputs(result, stage, options)
+        if extra_report is not None:
+            result.report.update(extra_report(result))
+        result.report["seconds"]["write"] = round(time.perf_counter() - t0, 3)
+        result.report["peak_mib"] = peak_mib()
+        result.report["files"] = files + ["report.json"]
+        (stage / "report.json").write_text(json.dumps(result.report, indent=1) + "\n")
+    return result
+

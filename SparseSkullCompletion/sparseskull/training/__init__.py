@@ -1,0 +1,1 @@
+"""Training: the sparse network's training loop (exact resume, torchrun) and the dense baseline's."""

@@ -1,0 +1,166 @@
+"""The package's shape: which folder may import which, no import cycle, and the clinical path on any OS.
+
+The import graph is read from the source (every import, at module level or inside a function), so a lazy
+import cannot hide an edge. The rules are those of the README's layout:
+- ``sparse/`` (the engine) imports nothing else of ours;
+- ``implant/`` (the clinical path) never imports ``training/``, ``evaluation/`` or ``data/synth/``;
+- nothing but ``__main__`` imports ``cli``;
+- no module imports one that imports it back, however far round.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "SparseSkullCompletion" / "sparseskull"
+
+
+def module_name(path: Path) -> str:
+    parts = ["sparseskull", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (``from a.b import c`` counts as a.b.c where that is a module)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for t in targets:
+                while t and t not in modules and "." in t:
+                    t = t.rpartition(".")[0]
+                if t in modules and t != name:
+                    graph[name].add(t)
+    return graph
+
+
+def _under(module: str, folder: str) -> bool:
+    return module == folder or module.startswith(folder + ".")
+
+
+def test_the_graph_reads_every_module():
+    graph = import_graph()
+    assert len(graph) > 40
+    assert "sparseskull.implant.grid" in graph["sparseskull.implant.pipeline"]
+    assert "sparseskull.cli" in graph["sparseskull.__main__"]
+
+
+def test_there_is_no_import_cycle():
+    graph = import_graph()
+    # package __init__ files that only hold a docstring or re-export their own children are not edges back up
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str):
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_the_folders_depend_one_way():
+    """Folded onto the top-level folders and modules (data, nets, implant, ...), the graph has no cycle either:
+    data flows one way, from the application down to the engine."""
+    graph = import_graph()
+
+    def top(m: str) -> str:
+        return ".".join(m.split(".")[:2])
+
+    folded: dict[str, set[str]] = {}
+    for m, deps in graph.items():
+        folded.setdefault(top(m), set()).update(top(d) for d in deps if top(d) != top(m) and d != "sparseskull")
+    order: list[str] = []
+    remaining = {k: set(v) for k, v in folded.items()}
+    while remaining:
+        leaves = sorted(k for k, v in remaining.items() if not v & set(remaining))
+        assert leaves, f"folders import each other: {sorted(remaining)}"
+        order += leaves
+        for k in leaves:
+            del remaining[k]
+    assert order.index("sparseskull.sparse") < order.index("sparseskull.nets") < order.index("sparseskull.implant") < order.index("sparseskull.cli")
+
+
+def test_the_engine_imports_nothing_else_of_ours():
+    graph = import_graph()
+    bad = {m: sorted(n for n in deps if not _under(n, "sparseskull.sparse") and n != "sparseskull")
+           for m, deps in graph.items() if _under(m, "sparseskull.sparse")}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_the_clinical_path_never_imports_training_evaluation_or_synth():
+    graph = import_graph()
+    banned = ("sparseskull.training", "sparseskull.evaluation", "sparseskull.data.synth", "sparseskull.train", "sparseskull.cli")
+    bad = {m: sorted(n for n in deps if any(_under(n, b) for b in banned)) for m, deps in graph.items() if _under(m, "sparseskull.implant")}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_only_main_imports_the_cli():
+    graph = import_graph()
+    assert sorted(m for m, deps in graph.items() if "sparseskull.cli" in deps) == ["sparseskull.__main__"]
+
+
+HIDE_RESOURCE = """
+import sys, json
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == "resource":
+            raise ImportError("no module named 'resource' (hidden: as on Windows)")
+sys.modules.pop("resource", None)
+sys.meta_path.insert(0, Hide())
+from sparseskull import runtime
+runtime.status_mib = lambda field: None  # as off Linux: no /proc
+from sparseskull.cli import main
+code = main(["complete", sys.argv[1], "--out", sys.argv[2], "--no-preview", "--threads", "1"])
+print(json.dumps({"code": code, "resource_loaded": "resource" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_complete_runs_without_the_resource_module(tmp_path):
+    """Windows has no ``resource``: the clinical path must not need it (peak memory is then reported as unknown)."""
+    from sparseskull.data.sample import sample_dir
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", HIDE_RESOURCE, str(sample_dir() / "ct.nrrd"), str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "resource_loaded": False}
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "implant.stl").stat().st_size > 10_000
+    assert report["peak_mib"] is None or report["peak_mib"] > 0
+
+
+def test_peak_memory_is_in_mib_on_every_platform(monkeypatch):
+    from sparseskull import runtime
+
+    assert runtime.maxrss_mib(2 * 2**30, "darwin") == 2048.0  # macOS: bytes
+    assert runtime.maxrss_mib(2 * 2**20, "linux") == 2048.0  # Linux: KiB
+    peak = runtime.peak_mib()
+    rss = runtime.status_mib("VmRSS")
+    assert peak is not None and rss is not None and peak >= rss * 0.99  # Linux here: /proc
+    monkeypatch.setattr(runtime, "status_mib", lambda field: None)  # off Linux: getrusage, in the right unit
+    assert abs(runtime.peak_mib() - peak) < max(64.0, 0.2 * peak)
