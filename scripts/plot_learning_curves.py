@@ -2,7 +2,10 @@
 (coarse, the network alone: completed minus input against the true implant, on the model's own grid) and its
 training loss, against steps. Reads each run folder's metrics.csv (written by `sparseskull train`).
 
-    python scripts/plot_learning_curves.py runs/noskip64 runs/skip64 runs/skip128 --out Resources/learning_curves.png
+    python scripts/plot_learning_curves.py runs/noskip64 runs/skip64 runs/skip128+runs/gpu1+runs/gpu2 --out Resources/learning_curves.png
+
+``A+B+C``: runs that continue each other (each started with ``--init`` from the one before), drawn as one curve
+whose steps go on where the previous stage ended; a dotted line marks where each later stage starts.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import numpy as np
 
 def _label(run: Path) -> str:
     config = json.loads((run / "config.json").read_text())
+    where = "GPU" if str(config.get("device", "")).startswith("cuda") else "CPU"
     return (f"{config['resolution']}, {config['channels']}, {'skips' if config.get('skips') else 'no skips'}, "
-            f"batch {config['batch_size']}, {config['steps']} steps")
+            f"batch {config['batch_size']}, {config['steps']} steps {where}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("runs", nargs="+", help="run folders; A+B: B continues A")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     import matplotlib
@@ -32,14 +36,24 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for run in a.runs:
-        with open(run / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        label = _label(run)
-        val = [(int(r["step"]), float(r["val_implant_dsc"])) for r in rows if r.get("val_implant_dsc")]
+    for spec in a.runs:
+        stages = [Path(r) for r in spec.split("+")]
+        val, steps, loss, starts, offset = [], [], [], [], 0
+        for i, run in enumerate(stages):
+            with open(run / "metrics.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            if i:
+                starts.append(offset)
+            val += [(offset + int(r["step"]), float(r["val_implant_dsc"])) for r in rows if r.get("val_implant_dsc")]
+            steps += [offset + int(r["step"]) for r in rows]
+            loss += [float(r["loss"]) for r in rows]
+            offset += int(rows[-1]["step"])
+        label = _label(stages[0]) + "".join(f"\n  + {_label(r).split(', ', 3)[-1]}" for r in stages[1:])
         line, = ax[0].plot(*zip(*val), "o-", ms=3, label=label)
-        steps = np.array([int(r["step"]) for r in rows])
-        loss = np.array([float(r["loss"]) for r in rows])
+        for x in starts:
+            for axis in ax:
+                axis.axvline(x, color=line.get_color(), ls=":", lw=1)
+        steps, loss = np.array(steps), np.array(loss)
         k = max(1, len(loss) // 40)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax[1].plot(steps[k - 1:], smooth, color=line.get_color(), label=label)
@@ -47,12 +61,12 @@ def main() -> int:
     ax[0].set_ylabel("val. implant DSC (network alone, model grid)")
     ax[0].set_ylim(0, 1)
     ax[0].grid(alpha=0.3)
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=7, loc="lower right")
     ax[1].set_yscale("log")
     ax[1].set_xlabel("training step")
     ax[1].set_ylabel("training loss (BCE, running mean)")
     ax[1].grid(alpha=0.3)
-    fig.suptitle("15 SkullFix validation skulls, their own and generated defects (fixed pairs); 2-core CPU", fontsize=9)
+    fig.suptitle("15 SkullFix validation skulls, their own and generated defects (fixed pairs); CPU: 2 cores, GPU: one H200", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(a.out)
     print(a.out)
