@@ -38,11 +38,11 @@ def compare_with_truth(result: CompletionResult, truth_implant, truth_complete, 
         "truth_implant_volume_cm3": round(float(np.count_nonzero(truth_implant.array)) * vox_cm3, 3),
     }
     if result.mesh is not None and truth_implant.array.any():
-        from sparseskull.implant.mesh import mesh_centroid
+        from sparseskull.implant.mesh import RAS_FROM_LPS, mesh_centroid
 
         lps = mesh_centroid(result.mesh)
         if result.report["mesh"].get("space") == "RAS":
-            lps = lps * np.array([-1.0, -1.0, 1.0])
+            lps = RAS_FROM_LPS[:3, :3] @ lps
         out["stl_centroid_to_truth_mm"] = round(float(np.linalg.norm(lps - truth_implant.centroid_lps())), 2)
     return out
 
