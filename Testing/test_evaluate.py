@@ -34,7 +34,10 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     summary = json.loads(summary_file.read_text())
     for key in METRICS:
         assert key in summary
-    assert summary["cases"] == 2 and 0 <= summary["implant_dsc"] <= 1 and 0.5 < summary["completion_dsc"] <= 1
+    assert summary["cases"] == 2
+    # a floor a broken network does not reach: measured implant DSC 0.725 (cases 0.862, 0.587) with the shipped model; an untrained
+    # network of the same shape scores 0.0 (it adds nothing, and the spanned opening then has nothing to span)
+    assert summary["implant_dsc"] > 0.5, summary["implant_dsc"]
     assert summary["model"] == default_model_name()
     assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases", "cases.csv", "report.md", "summary.json"]
     pictures = sorted((out / "cases").iterdir())  # one side-by-side picture, as asked
@@ -49,6 +52,11 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     with open(out / "cases.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]["defect_class"] == "bilateral"
+    # the completed skull must beat the defective input alone (which already scores 0.95 against the complete skull): measured
+    # completion 0.987 and 0.964 against the input's 0.953 and 0.957 (+0.022 on average); the untrained network gives +0.000
+    gain = [float(r["completion_dsc"]) - float(r["input_alone_dsc"]) for r in rows]
+    assert min(gain) > 0 and np.mean(gain) > 0.01, gain
+    assert summary["completion_dsc"] == pytest.approx(np.mean([float(r["completion_dsc"]) for r in rows]), abs=1e-5)
     assert float(rows[0]["truth_implant_cm3"]) > 1
     report = (out / "report.md").read_text()
     assert "| implant_dsc |" in report and "| bilateral | 2 |" in report and f"](cases/{pictures[0].name})" in report
@@ -127,10 +135,14 @@ def test_dense_baseline_model_loads_only_where_asked_for(dense_model):
 def test_dense_training_lowers_its_dice_loss(tiny_data, tmp_path):
     from sparseskull.training.dense import train_dense
 
-    train_dense(tiny_data, tmp_path, steps=15, batch_size=2, lr=3e-3, validation=1, val_every=15, progress=False)
+    train_dense(tiny_data, tmp_path, steps=15, batch_size=2, lr=3e-3, validation=1, val_every=1, progress=False)
     with open(tmp_path / "metrics.csv") as f:
-        loss = [float(r["loss"]) for r in csv.DictReader(f)]
-    assert np.mean(loss[-3:]) < np.mean(loss[:3]) - 0.05
+        rows = list(csv.DictReader(f))
+    loss = [float(r["loss"]) for r in rows]
+    assert np.mean(loss[-3:]) < np.mean(loss[:3]) - 0.05  # measured 0.672 -> 0.539
+    # and the held-out skull's score rises from the first step's (the untrained net fills the grid): measured val DSC 0.270 -> 0.968
+    first, last = float(rows[0]["val_dsc"]), float(rows[-1]["val_dsc"])
+    assert last > first + 0.3 and last > 0.9, (first, last)
 
 
 @pytest.mark.slow

@@ -315,9 +315,9 @@ def test_complete_command_with_the_shipped_model(tmp_path):
     assert report["model"]["name"] and report["input_kind"] == "ct" and report["threshold_hu"] == 300.0
     names = {p.name for p in out.iterdir()}
     assert names >= {"implant.nrrd", "completed_skull.nrrd", "defective_skull.nrrd", "preview.png", "report.json", "completed_skull.stl"}
-    if report["defect_found"]:
-        assert check_mesh(read_stl(out / "implant.stl")).watertight
-        assert (out / "implant.stl").read_bytes().startswith(b"SPACE=RAS")
+    assert report["defect_found"], report.get("message")  # the bundled sample has a defect: a run that finds none is wrong
+    assert check_mesh(read_stl(out / "implant.stl")).watertight
+    assert (out / "implant.stl").read_bytes().startswith(b"SPACE=RAS")
     assert check_mesh(read_stl(out / "completed_skull.stl")).watertight
     completed, defective = read_mask(out / "completed_skull.nrrd"), read_mask(out / "defective_skull.nrrd")
     implant = read_mask(out / "implant.nrrd")
@@ -341,7 +341,13 @@ def test_real_oblique_skullfix_case(tmp_path):
     assert np.linalg.norm(mesh_centroid(stl) - truth.centroid_lps()) < 3.0
     assert dice(result.implant.array, truth.array) > 0.8
     real = run_complete(DATA / "defective_skull" / f"{case}.nrrd", tmp_path / "model", CompleteOptions(preview=False))
-    assert real.report["input_kind"] == "mask" and real.implant.same_grid(defective)
+    assert real.report["input_kind"] == "mask" and real.implant.same_grid(defective) and real.report["defect_found"]
+    # the network's implant lands on the true one and is about its size: measured 2.25 mm between centroids, volume 1.03 x the
+    # truth's 38.7 cm^3, DSC 0.85 (skullfix default model, CPU); an implant elsewhere or a fraction/multiple of the hole fails
+    distance = np.linalg.norm(real.implant.centroid_lps() - truth.centroid_lps())
+    ratio = real.implant.array.sum() / truth.array.sum()
+    assert distance < 5.0 and 0.75 < ratio < 1.3, (distance, ratio)
+    assert dice(real.implant.array, truth.array) > 0.7
 
 
 def test_automatic_threshold_finds_the_bone(sample):
@@ -381,7 +387,7 @@ def test_every_option_has_one_flag_from_one_schema():
     from sparseskull.cli import build_parser
     from sparseskull.implant.options import option_flags
 
-    python_only = {"keep_fraction", "max_extent"}
+    python_only = {"keep_fraction"}
     flagged = {f.name: f.metadata["flag"] for f in option_flags()}
     assert set(flagged) | python_only == {f.name for f in dataclasses.fields(CompleteOptions)}
     assert len(set(flagged.values())) == len(flagged)

@@ -138,10 +138,14 @@ def test_damaged_or_foreign_checkpoints_are_refused(tiny_data, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_super_resolution_training_exports_a_super_resolution_model(tiny_data, tmp_path):
-    result = train(_config(tiny_data, tmp_path / "sr", task="super-resolution", resolution=128, sr_from=64, steps=3, val_every=3), progress=False)
+    result = train(_config(tiny_data, tmp_path / "sr", task="super-resolution", resolution=128, sr_from=64, steps=10, val_every=10), progress=False)
     info = read_info(result.model_path)
     assert info.task == "super-resolution" and info.resolution == 128 and info.input_resolution == 64
-    assert 0 <= result.val_dsc <= 1
+    # it learns: measured loss 0.750 over the first 3 steps -> 0.558 over the last 3. (The validation DSC is still 0.000 at step 10,
+    # the network keeping no point yet, so no score bar here; the upsampled input alone scores 0.839 and is recorded beside it.)
+    loss = losses(tmp_path / "sr")
+    assert np.mean(loss[-3:]) < np.mean(loss[:3]) - 0.1, loss
+    assert 0 <= result.val_dsc <= 1 and 0.5 < info.metrics["val_input_dsc"] <= 1
 
 
 @pytest.mark.slow
@@ -189,9 +193,13 @@ def test_training_on_minkowski_engine_matches_the_torch_backend(tiny_data, tmp_p
 @pytest.mark.slow
 def test_trains_on_real_skullfix_cases(real_data, tmp_path):
     """Two real SkullFix skulls (512^2 x Z, oblique ones among the 75) downsampled to 64^2 x Z/8 on load."""
-    result = train(TrainConfig(str(real_data), str(tmp_path / "real"), steps=2, batch_size=2, max_cases=2, validation=1,
-                               val_every=2, threads=2), progress=False)
+    result = train(TrainConfig(str(real_data), str(tmp_path / "real"), steps=6, batch_size=2, max_cases=2, validation=1,
+                               val_every=6, threads=2), progress=False)
     assert result.finished and 0 < result.val_dsc <= 1
+    # it learns within the warm-up: measured loss 0.7368 at step 1 -> 0.7135 at step 6, falling every step (the network adds no voxel
+    # to the held-out skull yet: implant DSC 0.000, so the bar is on the loss)
+    loss = losses(tmp_path / "real")
+    assert loss[-1] < loss[0] - 0.01, loss
     info = read_info(result.model_path)
     assert info.training["train_skulls"] == 1 and 3 < info.spacing_mm[0] < 4.5  # 8 x about 0.45 mm
 

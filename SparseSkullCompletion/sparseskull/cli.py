@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
@@ -21,11 +22,16 @@ def _cmd_make_data(args) -> int:
     return 0
 
 
+_progress: dict = {"stage": None}
+"""The stage a run is in, for the message when it runs out of memory."""
+
+
 def _stage_printer():
     """Progress per pipeline stage on stderr: '[3/8] model grid (1.2 s)'."""
     t0 = time.perf_counter()
 
     def show(name: str, index: int, total: int) -> None:
+        _progress["stage"] = name
         print(f"[{index + 1}/{total}] {name} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
 
     return show
@@ -350,23 +356,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "train":  # train.py parses its own options
-        return _cmd_train(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+STAGED_COMMANDS = ("complete", "demo", "evaluate")
+"""Commands that write --out through data.io.staged_output: all of it when the run succeeds, nothing before."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM raised where the program is, so that it unwinds as on Ctrl-C: staging folders are removed and the run
+    ends with one line and 128 + the signal's number, not with half an output folder (the default action ends the
+    process on the spot)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def _sigterm_unwinds():
+    """Turn SIGTERM into :class:`Stopped`; returns the handler to put back (None: left alone, because it is ignored
+    or set by a host program, or this is not the main thread)."""
     try:
+        if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+            return None
+        return signal.signal(signal.SIGTERM, _raise_stopped)
+    except (ValueError, AttributeError):  # not the main thread; no SIGTERM on this platform
+        return None
+
+
+def _out_of_memory(exc: BaseException, command: str) -> str | None:
+    """The one line for running out of memory (Python/numpy's MemoryError, torch's CPU allocator, CUDA), or None."""
+    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    gpu = type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text
+    if not (isinstance(exc, MemoryError) or gpu or (isinstance(exc, RuntimeError) and "can't allocate memory" in text)):
+        return None
+    what = "GPU memory" if gpu else "memory (RAM)"
+    where = f" in stage '{_progress['stage']}'" if _progress["stage"] and command in ("complete", "demo") else ""
+    detail = f" ({text[:160]})" if text else ""
+    if command == "train":
+        fix = "try --batch-size 1, --threads 1 or a smaller --resolution" + (", or --device cpu" if gpu else "")
+    else:
+        fix = ("try --device cpu, or " if gpu else "try --threads 1, or ") + "a model with a smaller grid (`sparseskull models`; --model NAME)"
+    return f"ran out of {what}{where}{detail}; {fix}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; every failure it expects ends with one line on stderr and an exit code, never a traceback:
+    1 for bad input, a missing file or running out of memory; 130 for Ctrl-C and 143 for SIGTERM (the run unwinds,
+    so --out is absent or as it was, never half written); 2 for bad arguments (argparse)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, args = (argv[0] if argv else "") or "", None
+    previous = _sigterm_unwinds()
+    _progress["stage"] = None
+    try:
+        if command == "train":  # train.py parses its own options
+            return _cmd_train(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        command = args.command
+        if command in STAGED_COMMANDS:
+            from sparseskull.data.io import recover_output
+
+            recover_output(args.out)  # what a killed run left there, before this one is judged or run
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("sparseskull: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
-        print(f"sparseskull {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        staged = args is not None and command in STAGED_COMMANDS
+        print(f"sparseskull {command}: stopped by {signal.Signals(signum).name}"
+              + (f"; nothing half-written is left in {args.out} (a run replaces it only when it finishes)" if staged else ""), file=sys.stderr)
+        return 128 + int(signum)
+    except (MemoryError, RuntimeError) as exc:
+        message = _out_of_memory(exc, command)
+        if message is None:
+            raise
+        print(f"sparseskull {command}: error: {message}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as exc:  # FileNotFoundError, PermissionError, a full disk, ...: the message names the file
+        print(f"sparseskull {command}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 from sparseskull.data.augment import Augmentation, augment
 from sparseskull.data.dataset import find_cases
-from sparseskull.data.io import read_mask, write_volume
+from sparseskull.data.io import VolumeReadError, read_mask, write_volume
 from sparseskull.data.resample import PAPER_RESOLUTIONS, downsample_to, upsample_nearest
 from sparseskull.data.synth.defects import DEFECT_CLASSES, BonePoints, cut_random_defect
 from sparseskull.data.volume import Volume
@@ -81,12 +81,16 @@ def load_skulls(
     case_ids: list[str] | None = None,
     progress=None,
     limit: int | None = None,
+    skipped: list[dict] | None = None,
 ) -> list[Skull]:
     """The skulls of a data set (SkullFix, SkullBreak or complete-only layout) at ``resolution``.
 
     Coarse copies written by ``make-data`` are used where they exist; otherwise masks are read at full
     resolution and downsampled (and cached). ``sr_from``: also make the super-resolution input.
     ``limit``: only the first ``limit`` skulls (by id).
+    ``skipped``: a list to collect the cases that cannot be read ({"case", "file", "reason"}) and go on without
+    them; without it the first such file stops the load with a one-line error naming it (a truncated download
+    or a mask on another grid must not silently shrink a training set).
     """
     if resolution not in PAPER_RESOLUTIONS:
         raise ValueError(f"resolution must be one of {PAPER_RESOLUTIONS}; got {resolution}")
@@ -113,23 +117,51 @@ def load_skulls(
         first = copies.get((cid, cases[0].defect_class), cases[0])
         if first.complete is None:
             continue  # no ground truth: nothing to train on
-        complete = read_at(first.complete, resolution)
-        defects = []
-        for case in cases:
-            stored = copies.get((case.case_id, case.defect_class), case).defective
-            if stored is not None:
-                d = read_at(stored, resolution)
-                if d.shape != complete.shape:
-                    raise ValueError(f"{stored}: grid {d.shape} differs from its complete skull's {complete.shape}")
-                defects.append((case.defect_class, np.asarray(d.array, dtype=bool) & np.asarray(complete.array, dtype=bool)))
-        coarse = None
-        if sr_from is not None:
-            low = read_at(cases[0].complete, sr_from)
-            coarse = upsample_nearest(np.asarray(low.array, dtype=bool), resolution // sr_from, complete.shape)
-        skulls.append(Skull(cid, complete.with_array(np.asarray(complete.array, dtype=bool)), defects, coarse))
+        try:
+            skulls.append(_load_skull(cid, cases, first.complete, copies, resolution, sr_from))
+        except BadCaseError as exc:
+            if skipped is None:
+                raise
+            skipped.append({"case": cid, "file": str(exc.path), "reason": exc.reason})
     if not skulls:
         raise ValueError(f"{root}: no case has a complete skull, so there is no ground truth to train on")
     return skulls
+
+
+class BadCaseError(ValueError):
+    """One case's file that cannot be trained on (unreadable, empty, or on another grid than its complete skull);
+    the message names the file and says what is wrong."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _read_case_file(path, resolution: int) -> Volume:
+    try:
+        mask = read_at(path, resolution)
+    except VolumeReadError as exc:  # its message is "PATH: not a readable 3D image (why)"
+        raise BadCaseError(path, str(exc).removeprefix(f"{path}: ")) from None
+    if not mask.array.any():
+        raise BadCaseError(path, "the mask is empty (no bone voxel)")
+    return mask
+
+
+def _load_skull(cid: str, cases: list, complete_path, copies: dict, resolution: int, sr_from: int | None) -> Skull:
+    complete = _read_case_file(complete_path, resolution)
+    defects = []
+    for case in cases:
+        stored = copies.get((case.case_id, case.defect_class), case).defective
+        if stored is not None:
+            d = _read_case_file(stored, resolution)
+            if d.shape != complete.shape:
+                raise BadCaseError(stored, f"grid {d.shape} differs from its complete skull's {complete.shape}")
+            defects.append((case.defect_class, np.asarray(d.array, dtype=bool) & np.asarray(complete.array, dtype=bool)))
+    coarse = None
+    if sr_from is not None:
+        low = _read_case_file(cases[0].complete, sr_from)
+        coarse = upsample_nearest(np.asarray(low.array, dtype=bool), resolution // sr_from, complete.shape)
+    return Skull(cid, complete.with_array(np.asarray(complete.array, dtype=bool)), defects, coarse)
 
 
 def split(skulls: list[Skull], validation: float, seed: int) -> tuple[list[Skull], list[Skull]]:

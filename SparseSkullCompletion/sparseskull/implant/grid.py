@@ -42,6 +42,22 @@ class ModelGrid:
 GRID_MARGIN = 4  # coarse voxels between the skull's corner and the model grid's: within the training shifts (0-8)
 
 
+def field_of_view_mm(model_spacing, resolution: int) -> float:
+    """The in-plane field of view the model was trained on."""
+    return resolution * float(max(model_spacing[:2]))
+
+
+def check_image_extent(header, model_spacing, resolution: int, max_extent: float) -> None:
+    """Refuse, from the header alone, an image that spans more than twice what :func:`to_model_grid` lets a skull
+    span: a whole-body scan, or a spacing in the wrong unit (a head CT with neck and table stays within it)."""
+    fov = field_of_view_mm(model_spacing, resolution)
+    extent = header.extent_mm[:3]
+    if max(extent) > 2 * max_extent * fov:
+        raise InputError(f"the image spans {[round(e) for e in extent]} mm, more than {round(2 * max_extent * fov)} mm "
+                         f"(twice --max-extent {max_extent:g} times the model's {round(fov)} mm field of view): crop it to the head, "
+                         "or fix the voxel spacing in the file (or raise --max-extent)")
+
+
 def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: float, margin: int = GRID_MARGIN) -> tuple[np.ndarray, ModelGrid]:
     """The skull block-averaged to the model's spacing (a coarse voxel is bone when at least half its
     block is, as the training copies were made), cropped to the skull with ``margin`` voxels of room."""
@@ -52,13 +68,21 @@ def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: flo
     limit = max_extent * resolution
     if max(shape) > limit:
         extent = [round(float(n * f * s)) for n, f, s in zip(shape, factors, skull.spacing_mm)]
-        fov = round(resolution * float(max(model_spacing[:2])))
+        fov = round(field_of_view_mm(model_spacing, resolution))
         raise InputError(f"the skull spans {extent} mm, far more than the {fov} mm field of view the model was trained on: "
-                         "is this a head CT? (a whole-body scan, or a wrong voxel spacing in the file?)")
+                         f"is this a head CT? (a whole-body scan, or a wrong voxel spacing in the file? --max-extent {max_extent:g} "
+                         "is the limit, in fields of view)")
     crop = np.zeros(tuple(n * f for n, f in zip(shape, factors)), dtype=bool)
     src = skull.array[lo[0]:lo[0] + crop.shape[0], lo[1]:lo[1] + crop.shape[1], lo[2]:lo[2] + crop.shape[2]]
     crop[: src.shape[0], : src.shape[1], : src.shape[2]] = src
     coarse = block_fraction(crop, factors) >= 0.5
+    coarse_mm3 = float(coarse.sum()) * float(np.prod([f * s for f, s in zip(factors, skull.spacing_mm)]))
+    fine_mm3 = float(np.count_nonzero(skull.array)) * skull.voxel_volume_mm3
+    if coarse_mm3 < 0.1 * fine_mm3:  # a skull keeps most of its volume at the model's spacing (bone is 5-10 mm thick)
+        spacing = [round(float(f * s), 2) for f, s in zip(factors, skull.spacing_mm)]
+        raise InputError(f"the skull all but vanishes on the model's {spacing} mm grid ({coarse_mm3 / 1000:.1f} of "
+                         f"{fine_mm3 / 1000:.1f} cm^3 left): the bone is thinner than half a model voxel; is this a skull, "
+                         "segmented as solid bone? (a surface outline or scattered voxels cannot be completed)")
     coarse = np.pad(coarse, margin)
     return coarse, ModelGrid(lo, factors, shape, margin)
 

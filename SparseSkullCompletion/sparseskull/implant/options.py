@@ -61,7 +61,10 @@ class CompleteOptions:
     stl_space: str = _opt("LPS", "--stl-space", "STL coordinates (LPS: Slicer's file convention)", choices=("LPS", "RAS"))
     skull_stl: bool = _opt(False, "--skull-stl", "also write the completed skull as STL", sets=True)
     preview: bool = _opt(True, "--no-preview", "skip the preview PNG", sets=False)
-    max_extent: float = 1.5  # refuse a skull spanning more than this many times the model's field of view; no flag
+    max_extent: float = _opt(1.5, "--max-extent", "refuse a skull spanning more than this many times the model's field of view "
+                             "(an image spanning twice that, from its header, before reading it)")
+    max_voxels: int = _opt(1_000_000_000, "--max-voxels", "refuse, from its header and before reading it, an image with more voxels "
+                           "than this or one whose run needs more memory than is available (0: neither check)", type=int)
     threads: int | None = _opt(None, "--threads", "CPU threads for torch", type=int)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class CompleteOptions:
             raise ValueError(f"keep_fraction is a share of the largest piece, in [0, 1]; got {self.keep_fraction}")
         if self.min_implant_mm3 < 0 or self.clearance_mm < 0 or self.min_depth_mm < 0 or self.min_thickness_mm < 0:
             raise ValueError("the minimum implant volume, depth and thickness and the clearance cannot be negative")
+        if self.max_extent <= 0 or self.max_voxels < 0:
+            raise ValueError("the maximum extent must be positive and the maximum voxel count cannot be negative")
         if not 0 <= self.decimate < 1:
             raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
 

@@ -24,17 +24,21 @@ import numpy as np
 from sparseskull import __version__
 from sparseskull.data.anatomy import braincase_centre
 from sparseskull.data.io import (
+    ImageHeader,
+    _itk_reason,
     looks_like_mask,
+    read_header,
     read_volume,
     staged_output,
     write_volume,
 )
 from sparseskull.data.volume import Volume
 from sparseskull.implant.clean import clean_implant, ensure_thickness
-from sparseskull.implant.grid import to_ct_grid, to_model_grid
+from sparseskull.implant.grid import check_image_extent, to_ct_grid, to_model_grid
 from sparseskull.implant.network import NetworkCompleter
 from sparseskull.implant.options import STAGES, CompleteOptions, InputError
 from sparseskull.implant.skull import (
+    NoBoneError,
     auto_threshold,
     drop_mandible,
     largest_component,
@@ -56,16 +60,87 @@ class CompletionResult:
 Progress = Callable[[str, int, int], None]
 
 
+class OutputError(OSError, ValueError):
+    """The outputs could not be written (full disk, no permission); the previous outputs, if any, are kept. An OSError
+    (what it replaces) and a ValueError (what the command line reports in one line)."""
+
+
+FIXED_MIB = 400  # the process before the image: Python, torch, the model
+BYTES_PER_VOXEL = 64  # measured: 829 MiB peak for the 7.3 M voxel sample (256 x 256 x 111, int16) = about 60 B/voxel beyond that
+
+
+def available_memory_bytes() -> int | None:
+    """Memory that can be had without swapping (Linux's MemAvailable, else free pages); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def needed_memory_bytes(header: ImageHeader) -> int:
+    """A run's peak memory, estimated from the header: the image as stored, and the masks, labels and distance maps made from it."""
+    return FIXED_MIB * 2**20 + header.voxels * (header.bytes_per_voxel + BYTES_PER_VOXEL)
+
+
+def check_header(header: ImageHeader, options: CompleteOptions) -> None:
+    """Refuse, before any voxel is read, an image this run cannot use or cannot hold in memory."""
+    size, spacing = header.size, header.spacing_mm
+    if len(size) == 4 and size[3] > 1:
+        raise InputError(f"a 4D image of {size[3]} volumes {list(size[:3])}: save the one CT or mask to complete as a 3D file")
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+        raise InputError(f"a {len(size)}D image with size {list(size)}; a 3D CT or mask is needed")
+    if not all(np.isfinite(spacing)) or min(np.abs(spacing)) == 0:  # a negative one is a flipped axis (ITK reads it so)
+        raise InputError(f"its header gives voxel spacing {list(spacing)} mm, which is zero or not a number: "
+                         "fix the spacing in the file (or export it again)")
+    if options.max_voxels and header.voxels > options.max_voxels:
+        raise InputError(f"{' x '.join(map(str, size))} = {header.voxels:,} voxels, more than the limit of {options.max_voxels:,}: "
+                         "crop or resample it, or raise --max-voxels")
+    available = available_memory_bytes() if options.max_voxels else None
+    need = needed_memory_bytes(header)
+    if available is not None and need > available:
+        raise InputError(f"{' x '.join(map(str, size))} voxels need about {need / 2**30:.1f} GiB of memory, and {available / 2**30:.1f} GiB "
+                         "is available: crop or resample it, free memory, or pass --max-voxels 0 to try anyway")
+
+
+def _names(source_name: str, exc: Exception) -> InputError:
+    """The stage's refusal, naming the input (as read errors do)."""
+    message = str(exc)
+    return InputError(message if message.startswith(source_name) else f"{source_name}: {message}")
+
+
+def _kind(volume: Volume) -> str:
+    """Mask or CT: a volume of 0 and 1 is a mask, and so is one of 0 and a single other value (0/255 from image tools)."""
+    if looks_like_mask(volume):
+        return "mask"
+    values = np.unique(volume.array[:: max(1, volume.shape[0] // 64), :, :])
+    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    return "mask" if len(values) == 2 and values[0] == 0 and values[1] > 0 else "ct"
+
+
 def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, dict]:
     """The defective skull mask on the input grid (largest connected bone), and what was done."""
     kind = options.input_kind
     if kind == "auto":
-        kind = "mask" if looks_like_mask(volume) else "ct"
+        kind = _kind(volume)
     info: dict = {"input_kind": kind}
+    if np.asarray(volume.array).dtype.kind == "f":
+        not_numbers = int(np.count_nonzero(np.isnan(volume.array)))
+        if not_numbers:
+            info["nan_voxels"] = not_numbers  # taken as no bone: exports mark voxels outside the scanned circle so
+            if not_numbers == volume.array.size:
+                raise InputError("every voxel is NaN (not a number): the image holds no values; export it again")
     if kind == "mask":
         bone = np.asarray(volume.array) != 0
+        bone &= ~np.isnan(volume.array) if volume.array.dtype.kind == "f" else True
         if not bone.any():
-            raise InputError("the mask is empty: there is no skull to complete")
+            raise InputError("the mask is empty: there is no skull to complete (segment the skull first, or give the CT)")
     else:
         threshold = auto_threshold(volume) if options.threshold_hu == "auto" else float(options.threshold_hu)
         info["threshold_hu"] = round(threshold, 1)
@@ -110,24 +185,36 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
         clock[0] = now
 
     stage("read")
-    if isinstance(source, Volume):
-        volume, source_name = source, "volume"
-    else:
-        volume, source_name = read_volume(source), str(source)
+    source_name = "volume" if isinstance(source, Volume) else str(source)
+    header = None
+    if not isinstance(source, Volume):
+        header = read_header(source)
+        try:
+            check_header(header, options)
+        except InputError as exc:
+            raise _names(source_name, exc) from None
     if completer is None:
         completer = NetworkCompleter(options.model, options.device, options.backend)
     info = completer.info
-    done("read")
+    try:
+        if header is not None:
+            check_image_extent(header, info.spacing_mm, info.resolution, options.max_extent)
+        volume = source if isinstance(source, Volume) else read_volume(source)
+        done("read")
 
-    stage("skull")
-    skull, skull_info = skull_from_input(volume, options)
-    done("skull")
+        stage("skull")
+        skull, skull_info = skull_from_input(volume, options)
+        done("skull")
 
-    stage("model grid")
-    coarse_in, grid = to_model_grid(skull, info.spacing_mm, info.resolution, options.max_extent)
+        stage("model grid")
+        coarse_in, grid = to_model_grid(skull, info.spacing_mm, info.resolution, options.max_extent)
+    except (InputError, NoBoneError) as exc:
+        raise _names(source_name, exc) from None
     coarse_spacing = [round(f * s, 3) for f, s in zip(grid.factors, skull.spacing_mm)]
     warnings = []
     mismatch = [abs(c / m - 1) for c, m in zip(coarse_spacing, info.spacing_mm)]
+    if skull_info.get("nan_voxels"):
+        warnings.append(f"{skull_info['nan_voxels']:,} voxels are NaN (not a number) and were taken as no bone")
     if max(mismatch) > 0.25:
         warnings.append(f"the CT's spacing does not divide into the model's: the model grid has {coarse_spacing} mm voxels, "
                         f"the model was trained at {list(info.spacing_mm)} mm")
@@ -265,17 +352,36 @@ def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None
     beside it replaces it only when everything succeeded)."""
     options = options or CompleteOptions()
     out = Path(out)
+    check_output(out)  # before the minutes of work, not after
     result = complete_skull(source, options, progress, completer)
     if progress is not None:
         progress("write", STAGES.index("write"), len(STAGES))
     t0 = time.perf_counter()
-    with staged_output(out) as stage:
-        files = write_outputs(result, stage, options)
-        if extra_report is not None:
-            result.report.update(extra_report(result))
-        result.report["seconds"]["write"] = round(time.perf_counter() - t0, 3)
-        result.report["peak_mib"] = peak_mib()
-        result.report["files"] = files + ["report.json"]
-        (stage / "report.json").write_text(json.dumps(result.report, indent=1) + "\n")
+    try:
+        with staged_output(out) as stage:
+            files = write_outputs(result, stage, options)
+            if extra_report is not None:
+                result.report.update(extra_report(result))
+            result.report["seconds"]["write"] = round(time.perf_counter() - t0, 3)
+            result.report["peak_mib"] = peak_mib()
+            result.report["files"] = files + ["report.json"]
+            (stage / "report.json").write_text(json.dumps(result.report, indent=1) + "\n")
+    except (OSError, RuntimeError) as exc:  # a full disk, a quota, a file size limit; SimpleITK's writers raise RuntimeError
+        if not isinstance(exc, OSError) and "itk::ERROR" not in str(exc):
+            raise  # not a write failure (e.g. the preview's rendering): the caller sees it as it is
+        text = str(exc).strip()
+        text = text.split(": ", 1)[-1] if text.startswith(str(out.parent)) else text  # not the staging file's name
+        reason = getattr(exc, "strerror", None) or (_itk_reason(text) if isinstance(exc, RuntimeError) else text) or type(exc).__name__
+        kept = "the previous outputs there are kept" if out.exists() else "nothing was written"
+        raise OutputError(f"{out}: writing the outputs failed ({reason}); {kept}: free disk space or choose another --out") from None
     return result
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output that cannot become the output folder: an existing file, or a place that cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: an existing file, not a folder: choose another --out (the outputs are a folder)")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: {parent} cannot be written to: choose another --out")
 

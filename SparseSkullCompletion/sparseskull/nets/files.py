@@ -144,8 +144,12 @@ def load_model(path: str | os.PathLike, task: str | None = None, device: str | t
     try:
         model = _network(info.architecture)(info.channels, **({"skips": True} if info.skips else {}))
         model.load_state_dict(tensors, strict=True)
-    except (RuntimeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: the weights do not fit a {info.architecture} with channels {list(info.channels)} ({exc})") from None
+    except (RuntimeError, ValueError) as exc:  # torch lists every mismatched tensor on its own line: say how many, show the first
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        more = f" and {len(lines) - 2} more" if len(lines) > 2 else ""
+        raise ModelFileError(f"{path}: the weights do not fit a {info.architecture} with channels {list(info.channels)} "
+                             f"({detail}{more}); the file's metadata does not describe its weights") from None
     except TypeError as exc:  # e.g. skips asked of the dense network, which has none
         raise ModelFileError(f"{path}: invalid metadata for {info.architecture} ({exc})") from None
     return model.to(device).eval(), info

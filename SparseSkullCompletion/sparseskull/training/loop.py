@@ -34,6 +34,7 @@ from sparseskull.data.augment import Augmentation
 from sparseskull.data.io import atomic_write
 from sparseskull.data.pairs import (
     TASKS,
+    BadCaseError,
     PairSampler,
     collate,
     dice_by_batch,
@@ -91,6 +92,7 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None
     init: str | None = None  # a model file whose weights start the run (fine-tuning); schedule and optimizer start afresh
+    skip_bad_cases: bool = False  # an unreadable case stops the run unless asked to go on without it (the model file lists it)
 
     # settings that may differ on --resume without changing the loss sequence
     RUNTIME = ("device", "workers", "threads", "out", "data")
@@ -365,6 +367,20 @@ def _init_from(model: SparseCompletionNet, config: TrainConfig) -> None:
     model.load_state_dict(init.state_dict())
 
 
+def _load_training_skulls(config: TrainConfig, progress, hint: bool) -> tuple[list, list[dict]]:
+    """The data set's skulls, and the cases left out as unreadable (only with ``skip_bad_cases``; each one is said on
+    stderr and goes into the model file's training record, so a model trained on fewer skulls says so)."""
+    skipped: list[dict] | None = [] if config.skip_bad_cases else None
+    try:
+        skulls = load_skulls(config.data, config.resolution, config.sr_from, progress=progress, limit=config.max_cases, skipped=skipped)
+    except BadCaseError as exc:
+        fix = "; replace or remove it, or train without it with --skip-bad-cases" if hint else "; replace or remove it"
+        raise ValueError(f"{exc}{fix}") from None
+    for bad in skipped or []:
+        print(f"warning: skipped case {bad['case']}: {bad['file']}: {bad['reason']}", file=sys.stderr)
+    return skulls, skipped or []
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     out = Path(config.out)
     ckpt_path, csv_path = out / "checkpoint.pt", out / "metrics.csv"
@@ -393,7 +409,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         from tqdm import tqdm
 
         bar_factory = tqdm
-    skulls = load_skulls(config.data, config.resolution, config.sr_from, progress=bar_factory, limit=config.max_cases)
+    skulls, skipped = _load_training_skulls(config, bar_factory, hint=not resume)
     train_skulls, val_skulls = split(skulls, config.validation, config.seed)
     aug = Augmentation(config.flip_axes, config.rotate_deg, config.shift)
     sampler = PairSampler(train_skulls, config.task, aug, config.classes, config.new_defects)
@@ -422,7 +438,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {**asdict(config), "package_version": __version__, "train_skulls": [s.case_id for s in train_skulls],
-                                         "val_skulls": [s.case_id for s in val_skulls], "world_size": dist_info.world})
+                                         "val_skulls": [s.case_id for s in val_skulls], "skipped_cases": skipped, "world_size": dist_info.world})
         atomic_write(csv_path, lambda tmp: _write_csv(tmp, rows))
     csv_file = open(csv_path, "a", newline="") if dist_info.main else None
     writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS) if csv_file else None
@@ -517,7 +533,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         if rows:
             plot_curves(rows, out / "curves.png", f"{config.task} at {config.resolution}, channels {config.channels}")
         if finished:
-            model_path = export(model, config, out / "model.safetensors", train_skulls, val_skulls, history, val, device)
+            model_path = export(model, config, out / "model.safetensors", train_skulls, val_skulls, history, val, device, skipped=skipped)
         status("done" if finished else "interrupted", step, loss_value, val)
     return TrainResult(out, step, finished, val, history["best_val_dsc"], history["seconds"], model_path, stopped_by)
 
@@ -559,7 +575,8 @@ def _write_csv(path, rows) -> None:
         w.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
 
 
-def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, history, val, device, planned_steps: int | None = None) -> Path:
+def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, history, val, device, planned_steps: int | None = None,
+           skipped: list[dict] | None = None) -> Path:
     from sparseskull.nets.files import ModelInfo, save_model
 
     spacing = np.mean([s.complete.spacing_mm for s in train_skulls], axis=0)
@@ -576,6 +593,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "train_skulls": len(train_skulls),
             "val_skulls": len(val_skulls),
             "val_case_ids": [s.case_id for s in val_skulls],
+            **({"skipped_cases": skipped} if skipped else {}),
             "steps": config.steps,
             **({"planned_steps": planned_steps, "note": f"exported from the checkpoint at step {config.steps} of {planned_steps} "
                 "(the cosine schedule planned for the latter)"} if planned_steps and planned_steps != config.steps else {}),
@@ -612,12 +630,12 @@ def export_checkpoint(run: str | os.PathLike, progress: bool = True) -> Path:
         from tqdm import tqdm
 
         bar = tqdm
-    skulls = load_skulls(config.data, config.resolution, config.sr_from, progress=bar, limit=config.max_cases)
+    skulls, skipped = _load_training_skulls(config, bar, hint=False)
     train_skulls, val_skulls = split(skulls, config.validation, config.seed)
     rows = [r for r in read_metrics(run / "metrics.csv") if int(r["step"]) <= step and r.get("val_dsc")]
     val = float(rows[-1]["val_dsc"]) if rows else None
     path = export(model.eval(), replace(config, steps=step), run / f"model-step{step}.safetensors", train_skulls, val_skulls, history, val,
-                  "cpu", planned_steps=config.steps)
+                  "cpu", planned_steps=config.steps, skipped=skipped)
     return path
 
 
@@ -661,6 +679,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--init", metavar="MODEL", default=None, help="start from this model file's weights (fine-tuning; fresh optimizer and schedule)")
+    p.add_argument("--skip-bad-cases", action="store_true", help="train without the cases whose files cannot be read (each is named on "
+                   "stderr and listed in the model file's training record); without it the first such file stops the run")
     p.add_argument("--no-progress", action="store_true")
 
 
