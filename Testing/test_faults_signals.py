@@ -65,6 +65,7 @@ def _previous_result(source: Path, out: Path) -> dict[str, bytes]:
 def test_held_signals_arrive_after_the_block_even_when_another_thread_takes_them():
     """The swap's renames run with SIGINT/SIGTERM held. Masking the main thread alone would not do: with torch's (or any)
     other thread running, the kernel hands it the signal and Python raises in the main thread all the same."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal: a background job inherits SIGINT ignored
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait, daemon=True)  # an unmasked thread, as torch's pool is
     worker.start()
@@ -81,6 +82,7 @@ def test_held_signals_arrive_after_the_block_even_when_another_thread_takes_them
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     finally:
         stop.set()
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_a_killed_runs_leftovers_are_tidied_and_said_and_a_live_runs_are_not(tmp_path):
