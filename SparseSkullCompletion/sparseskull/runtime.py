@@ -7,6 +7,7 @@ KiB on Linux and in bytes on macOS, else from psutil where installed; None when 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,21 @@ def peak_mib() -> float | None:
         info = psutil.Process().memory_info()
         return round(getattr(info, "peak_wset", info.rss) / 2**20, 1)
     except Exception:  # psutil missing, or no such counter
+        return None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory that can be had without swapping (Linux's MemAvailable, else free pages); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
         return None
 
 

@@ -303,9 +303,12 @@ def read_mask(path: str | os.PathLike, contiguous: bool = True) -> Volume:
 
 
 def looks_like_mask(volume: Volume) -> bool:
-    """True for a volume whose values are only 0 and 1 (a segmentation, not a CT)."""
+    """True for a segmentation rather than a CT: values only 0 and 1, or 0 and one other value (0/255 from image
+    tools); NaN voxels are left out of the count."""
     values = np.unique(volume.array[:: max(1, volume.shape[0] // 64), :, :])
-    return bool(np.all(np.isin(values, (0, 1))))
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    return bool(np.all(np.isin(values, (0, 1)))) or (len(values) == 2 and values[0] == 0 and values[1] > 0)
 
 
 class _Deferred:

@@ -44,7 +44,7 @@ from sparseskull.implant.skull import (
     largest_component,
     skull_mask_from_ct,
 )
-from sparseskull.runtime import peak_mib, set_threads
+from sparseskull.runtime import available_memory_bytes, peak_mib, set_threads
 
 
 @dataclass
@@ -67,21 +67,6 @@ class OutputError(OSError, ValueError):
 
 FIXED_MIB = 400  # the process before the image: Python, torch, the model
 BYTES_PER_VOXEL = 64  # measured: 829 MiB peak for the 7.3 M voxel sample (256 x 256 x 111, int16) = about 60 B/voxel beyond that
-
-
-def available_memory_bytes() -> int | None:
-    """Memory that can be had without swapping (Linux's MemAvailable, else free pages); None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def needed_memory_bytes(header: ImageHeader) -> int:
@@ -115,20 +100,11 @@ def _names(source_name: str, exc: Exception) -> InputError:
     return InputError(message if message.startswith(source_name) else f"{source_name}: {message}")
 
 
-def _kind(volume: Volume) -> str:
-    """Mask or CT: a volume of 0 and 1 is a mask, and so is one of 0 and a single other value (0/255 from image tools)."""
-    if looks_like_mask(volume):
-        return "mask"
-    values = np.unique(volume.array[:: max(1, volume.shape[0] // 64), :, :])
-    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-    return "mask" if len(values) == 2 and values[0] == 0 and values[1] > 0 else "ct"
-
-
 def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, dict]:
     """The defective skull mask on the input grid (largest connected bone), and what was done."""
     kind = options.input_kind
     if kind == "auto":
-        kind = _kind(volume)
+        kind = "mask" if looks_like_mask(volume) else "ct"
     info: dict = {"input_kind": kind}
     if np.asarray(volume.array).dtype.kind == "f":
         not_numbers = int(np.count_nonzero(np.isnan(volume.array)))
