@@ -144,10 +144,6 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.backendComboBox.clear()
         for name in self.logic.backendChoices():
             self.ui.backendComboBox.addItem(name)
-        srModels = [label for label, path in self.logic.modelChoices(task="super-resolution")]
-        self.ui.superResolutionCheckBox.enabled = bool(srModels)
-        if not srModels:
-            self.ui.superResolutionCheckBox.toolTip = _("No super-resolution model is installed yet.")
 
     def onLoadModel(self):
         import qt

@@ -129,3 +129,39 @@ def test_dice_by_batch_counts_each_item_alone():
     pred, _ = CoordinateSet.from_coords(torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [1, 5, 5, 5]]))
     truth, _ = CoordinateSet.from_coords(torch.tensor([[0, 0, 0, 0], [1, 5, 5, 5], [1, 6, 5, 5], [1, 7, 5, 5]]))
     assert dice_by_batch(pred, truth, 3) == pytest.approx([2 / 3, 0.5, 0.0])
+
+
+def test_training_crops_are_boxes_of_bone_at_every_alignment():
+    """crop_pair keeps both masks inside one box of the asked size around bone, moved to start within the shift;
+    a sampler with a crop draws such boxes from a whole skull."""
+    from sparseskull.data.pairs import crop_pair
+
+    rng = np.random.default_rng(0)
+    target = np.argwhere(np.ones((40, 40, 40), bool))
+    inputs = target[::2]
+    for _ in range(20):
+        t, x = crop_pair(target, inputs, 16, rng, shift=8)
+        lo, hi = t.min(axis=0), t.max(axis=0)
+        assert np.all(lo >= 0) and np.all(hi < 16 + 8) and np.all(hi - lo < 16) and len(x) > 0  # the box starts within the shift
+        assert set(map(tuple, x)) <= set(map(tuple, t))  # the input's box is the target's box
+    # centred on the target voxel nearest the asked centre
+    t, _ = crop_pair(target, inputs, 8, rng, shift=0, centre=np.array([100, 100, 100]))
+    assert len(t) == 5**3  # the corner voxel (39, 39, 39): a box [35, 43) per axis, of which [35, 40) is in the volume
+
+
+def test_a_cropping_sampler_draws_boxes_of_the_same_skull(tiny_data):
+    """With a crop, each super-resolution pair is a box of at most the crop's size holding bone; its input is the
+    upsampled coarse skull of the same place (a blocky copy of the target: DSC between 0.4 and 0.95); the same
+    generator draws the same box (resume stays exact)."""
+    skulls = load_skulls(tiny_data, 128, sr_from=64)
+    sampler = PairSampler(skulls, "super-resolution", Augmentation(), crop=32)
+    for seed in range(5):
+        pair = sampler.draw(np.random.default_rng(seed))
+        extent = pair.target.max(axis=0) - pair.target.min(axis=0)
+        assert len(pair.target) > 100 and np.all(extent < 32) and np.all(pair.target.min(axis=0) >= 0) and np.all(pair.target.max(axis=0) < 32 + 8)
+        x, target = collate([pair])
+        assert 0.4 < dice_by_batch(x.cset, target, 1)[0] < 0.95
+    again = sampler.draw(np.random.default_rng(4))
+    assert np.array_equal(again.target, pair.target) and np.array_equal(again.inputs, pair.inputs)
+    with pytest.raises(ValueError, match="at least 16"):
+        PairSampler(skulls, "super-resolution", crop=8)

@@ -146,3 +146,43 @@ def test_demo_takes_no_span_for_the_networks_own_implant(monkeypatch):
     assert main(["demo", "--no-span", "--out", "/nonexistent/x"]) == 1
     assert seen["span_opening"] is False
     assert main(["demo", "--out", "/nonexistent/x"]) == 1 and seen["span_opening"] is True
+
+
+def test_a_pair_is_one_model_choice_with_a_super_resolution_stage(tmp_path, monkeypatch, capsys):
+    """pairs.json names a completion model and the super-resolution model after it: `--model PAIR` runs both (the
+    progress counts the extra stage), `--super-resolution none` runs the completion alone, `sparseskull models` lists
+    the pair, and a pair whose model is missing is not offered."""
+    from sparseskull.cli import main
+    from sparseskull.implant.network import NetworkCompleter
+    from sparseskull.implant.options import CompleteOptions
+    from sparseskull.implant.pipeline import planned_stages, super_resolver_for
+    from sparseskull.nets.catalogue import default_model_name, find_pair, list_models, list_pairs, resolve_model
+    from sparseskull.nets.files import ModelInfo, save_model
+    from sparseskull.nets.sparse_net import CHANNEL_PRESETS, SparseCompletionNet
+
+    shipped = next(m for m in list_models() if m.info.task == "completion" and m.name == default_model_name())
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(shipped.path, folder / "c128.safetensors")
+    save_model(SparseCompletionNet("ch1", skips=True), folder / "sr.safetensors",
+               ModelInfo(CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=256, input_resolution=128, skips=True,
+                         spacing_mm=tuple(s / 2 for s in shipped.info.spacing_mm)))
+    (folder / "pairs.json").write_text(json.dumps({"pairs": [
+        {"name": "c128+sr", "completion": "c128", "super_resolution": "sr", "label": "128 + super-resolution to 256"},
+        {"name": "broken", "completion": "c128", "super_resolution": "missing"}]}))
+    monkeypatch.setenv("SPARSESKULL_MODELS", str(folder))
+    monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
+    assert [p.name for p in list_pairs()] == ["c128+sr"] and find_pair("broken") is None
+    assert resolve_model("c128+sr") == folder / "c128.safetensors"
+    completer = NetworkCompleter("c128+sr")
+    assert super_resolver_for(CompleteOptions(model="c128+sr"), completer).name == "sr"
+    assert super_resolver_for(CompleteOptions(model="c128+sr", super_resolution="none"), completer) is None
+    assert super_resolver_for(CompleteOptions(model="c128"), NetworkCompleter("c128")) is None
+    assert super_resolver_for(CompleteOptions(model="c128", super_resolution="sr"), NetworkCompleter("c128")).name == "sr"
+    assert "super-resolution" in planned_stages(CompleteOptions(model="c128+sr"))
+    assert "super-resolution" not in planned_stages(CompleteOptions(model="c128"))
+    assert len(planned_stages(CompleteOptions(model="c128"))) == 8
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[:4] == ["c128+sr", "c128", "->", "sr"] for line in out.splitlines()), out
+    assert "broken" not in out

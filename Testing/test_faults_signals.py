@@ -27,7 +27,7 @@ from sparseskull.data.sample import sample_dir
 
 CT = sample_dir() / "ct.nrrd"
 STAGES = ("read", "skull", "model grid", "network", "CT grid", "clean", "mesh", "write")
-PROGRESS = re.compile(r"^\[(\d)/8\] (.+) \([\d.]+ s\)$")
+PROGRESS = re.compile(r"^\[(\d)/(?:8|9)\] (.+) \([\d.]+ s\)$")
 
 
 def _dead_pid() -> int:

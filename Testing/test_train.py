@@ -149,6 +149,56 @@ def test_super_resolution_training_exports_a_super_resolution_model(tiny_data, t
 
 
 @pytest.mark.slow
+def test_a_super_resolution_skip_network_trains_on_crops_and_runs_in_the_pipeline(tiny_data, tmp_path):
+    """A tiny super-resolution network with skips, trained on 48-voxel boxes of generated skulls, is saved, loaded and run
+    as the pipeline's stage after a completion step (here the known complete skull at 64) on a whole generated skull:
+    the stage's input is the whole skull on the finer grid, not a box, and the outputs stay on the CT's grid."""
+    from sparseskull.data.dataset import find_cases
+    from sparseskull.data.io import read_mask
+    from sparseskull.implant.options import CompleteOptions
+    from sparseskull.implant.pipeline import complete_skull
+    from sparseskull.implant.superres import SuperResolver
+
+    result = train(_config(tiny_data, tmp_path / "sr", task="super-resolution", resolution=128, sr_from=64, skips=True, crop=48,
+                           steps=30, batch_size=2, val_every=30), progress=False)
+    info = read_info(result.model_path)
+    assert info.skips and info.task == "super-resolution" and info.training["crop"] == 48
+    loss = losses(tmp_path / "sr")
+    assert np.mean(loss[-5:]) < np.mean(loss[:5]) - 0.05, loss
+    case = next(c for c in find_cases(tiny_data) if c.defective is not None)
+    defective, complete = read_mask(case.defective), read_mask(case.complete)
+    completion = _KnownCompletion(complete, tuple(2 * s for s in info.spacing_mm))
+    resolver = SuperResolver(result.model_path)
+    resolver.check_feeds(completion.info)
+    done = complete_skull(defective, CompleteOptions(preview=False), completer=completion, super_resolver=resolver)
+    sr = done.report["super_resolution"]
+    assert sr["model"] == result.model_path.stem and sr["factors"] == [1, 1, 1] and sr["from"] == 64 and sr["to"] == 128
+    assert sr["input_points"] > 0.5 * np.count_nonzero(complete.array)  # the whole skull went through, not a box
+    assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
+
+
+class _KnownCompletion:
+    """The known complete skull on the completion model's grid (block-averaged), as the network would complete it."""
+
+    name, device, backend, path = "known", "cpu", "torch", "known"
+
+    def __init__(self, complete, spacing):
+        from sparseskull.nets.files import ModelInfo
+        from sparseskull.nets.sparse_net import CHANNEL_PRESETS
+
+        self.complete = np.asarray(complete.array, bool)
+        self.info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], resolution=64, spacing_mm=spacing)
+
+    def __call__(self, coarse, grid):
+        from sparseskull.implant.grid import block_fraction
+
+        fine = np.zeros(grid.fine_shape(), bool)
+        src = self.complete[grid.lo[0]:grid.lo[0] + fine.shape[0], grid.lo[1]:grid.lo[1] + fine.shape[1], grid.lo[2]:grid.lo[2] + fine.shape[2]]
+        fine[: src.shape[0], : src.shape[1], : src.shape[2]] = src
+        return np.pad(block_fraction(fine, grid.factors) >= 0.5, grid.margin) | coarse
+
+
+@pytest.mark.slow
 def test_mixed_precision_runs_on_cpu_in_bfloat16(tiny_data, tmp_path):
     result = train(_config(tiny_data, tmp_path / "amp", steps=3, amp="bf16"), progress=False)
     assert result.finished and all(np.isfinite(losses(tmp_path / "amp")))

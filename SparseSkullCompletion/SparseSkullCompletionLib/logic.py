@@ -72,17 +72,21 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelChoices(task="completion"):
-        """(label, path) pairs: the shipped models (the default first), then the ones the user registered;
-        none before torch is installed (the model files are read with it)."""
+        """(label, value) pairs: the shipped completion models and the shipped pairs (a completion model, then
+        super-resolution to a finer grid: one choice, its name the value), the default first, then the models the user
+        registered; none before torch is installed (the model files are read with it)."""
         try:
-            from sparseskull.nets.catalogue import available_models, default_model_name
+            from sparseskull.nets.catalogue import available_models, default_model_name, list_pairs
         except ImportError:  # no torch yet: the first run installs it, and the Widget lists the models then
             return []
 
         default = default_model_name()
         models = [m for m in available_models() if m.info.task == task]
-        models.sort(key=lambda m: (not (m.shipped and m.name == default), not m.shipped))
-        return [(m.label, str(m.path)) for m in models]
+        choices = [(m.name == default and m.shipped, not m.shipped, m.label, str(m.path)) for m in models]
+        if task == "completion":
+            choices += [(p.name == default, False, f"{p.name} ({p.label or 'with super-resolution'})", p.name) for p in list_pairs()]
+        choices.sort(key=lambda c: (not c[0], c[1]))
+        return [(label, value) for _, _, label, value in choices]
 
     @staticmethod
     def registerModel(path):

@@ -140,6 +140,7 @@ def _cmd_models(args) -> int:
     from sparseskull.nets.catalogue import (
         available_models,
         default_model_name,
+        list_pairs,
         models_dir,
     )
 
@@ -166,6 +167,12 @@ def _cmd_models(args) -> int:
           "(<name>.evaluation.json); alone DSC: the network's own implant there (the pipeline without spanning), where recorded;\n"
           "coarse val: implant DSC on the training grid when training ended;\n"
           "baseline: the dense network of the paper's comparison, for `sparseskull evaluate --baselines dense` only")
+    pairs = list_pairs()
+    if pairs:
+        print("\npairs (completion, then super-resolution to a finer grid; use one with --model NAME):")
+        for p in pairs:
+            print(f"  {p.name + (' (default)' if p.name == default else ''):<32} {p.completion} -> {p.super_resolution}"
+                  + (f"  ({p.label})" if p.label else ""))
     print(f"model cards: {models_dir()}/<name>.md; use one with --model NAME")
     for m in models:
         if not m.shipped:

@@ -197,6 +197,7 @@ class PairSampler:
         augmentation: Augmentation = Augmentation(),
         classes: tuple[str, ...] = DEFECT_CLASSES,
         new_defects: float = 0.5,
+        crop: int | None = None,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -206,6 +207,9 @@ class PairSampler:
             raise ValueError("super-resolution pairs need the skulls' coarse copies: load them with sr_from")
         self.skulls, self.task, self.augmentation, self.classes = skulls, task, augmentation, tuple(classes)
         self.new_defects = new_defects
+        if crop is not None and crop < 16:
+            raise ValueError(f"a training crop must be at least 16 voxels a side; got {crop}")
+        self.crop = crop
 
     def _masks(self, skull: Skull, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str | None]:
         complete = np.asarray(skull.complete.array, dtype=bool)
@@ -225,7 +229,14 @@ class PairSampler:
     def draw(self, rng: np.random.Generator) -> Pair:
         skull = self.skulls[int(rng.integers(len(self.skulls)))]
         inputs, target, cls = self._masks(skull, rng)
+        if self.crop is not None:  # cut a box with room for the rotation first: augmenting a whole 256 grid takes seconds
+            centre = skull.bone.ijk[int(rng.integers(len(skull.bone.ijk)))]
+            half = int(np.ceil(self.crop * 0.75))
+            box = tuple(slice(max(0, int(c) - half), int(c) + half) for c in centre)
+            inputs, target = inputs[box], target[box]  # the target holds the centre voxel: never empty
         t, x = augment([target, inputs], rng, self.augmentation, skull.complete.spacing_mm)
+        if self.crop is not None:
+            t, x = crop_pair(t, x, self.crop, rng, self.augmentation.shift, centre=(t.min(axis=0) + t.max(axis=0)) // 2)
         return Pair(x, t, skull.case_id, cls)
 
     def batch(self, rng: np.random.Generator, size: int) -> list[Pair]:
@@ -248,6 +259,29 @@ class PairSampler:
                 t, x = augment([complete, inputs], np.random.default_rng(0), Augmentation.none())
                 pairs.append(Pair(x, t, skull.case_id, cls))
         return pairs
+
+
+def crop_pair(target: np.ndarray, inputs: np.ndarray, size: int, rng: np.random.Generator, shift: int = 0,
+              centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinates of both masks inside one box of ``size`` voxels a side, centred on the target voxel nearest
+    ``centre`` (default: a random target voxel; either way the box holds bone), moved to start at a random voxel in [0, shift] per axis (every alignment with the
+    network's strides, as :func:`augment` does for whole skulls). Training on boxes keeps a 256 or 512 grid's step
+    small; the network is convolutional, so inference still runs on the whole skull."""
+    if centre is None:
+        centre = target[int(rng.integers(len(target)))]
+    else:
+        centre = target[int(np.argmin(np.abs(target - np.asarray(centre)).sum(axis=1)))]
+    lo = centre - size // 2
+    offset = (rng.integers(0, shift + 1, 3) if shift > 0 else np.zeros(3, np.int64)) - lo
+
+    def inside(c):
+        keep = np.all((c >= lo) & (c < lo + size), axis=1)
+        return c[keep] + offset
+
+    t, x = inside(target), inside(inputs)
+    if len(x) == 0:  # a box on a spur that the coarse copy lost: keep its input non-empty with the target's centre voxel
+        x = (centre + offset)[None]
+    return t, x
 
 
 def collate(pairs: list[Pair], device="cpu") -> tuple[SparseTensor, CoordinateSet]:

@@ -34,7 +34,7 @@ DENSE_BASELINE = "dense-ch1-64"  # the shipped dense network (Table 1's layers, 
 
 
 def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, ...] = (), picture: Path | None = None,
-               dense=None) -> dict:
+               dense=None, super_resolver=None) -> dict:
     """One case through the pipeline, against its ground truth (and the baselines asked for); with
     ``picture``, its input, prediction and ground truth side by side as a PNG there. ``dense``: the
     dense baseline's completer, run through the same pipeline (same grid, cleaning and reach filter)."""
@@ -50,7 +50,8 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         raise ValueError(f"case {case.name}: the complete and defective skulls are on different grids")
     truth_implant = np.asarray(complete.array, bool) & ~np.asarray(defective.array, bool)
     memo = _Remembered(completer)
-    result = complete_skull(defective, options, completer=memo)
+    sr = _RememberedSR(super_resolver) if super_resolver is not None else None
+    result = complete_skull(defective, options, completer=memo, super_resolver=sr)
     m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
     cm3 = defective.voxel_volume_mm3 / 1000.0
     if picture is not None:
@@ -61,7 +62,7 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
                           f"bDSC {m['bdsc']:.3f}, HD95 {m['hd95_mm']:.2f} mm")
     extra: dict = {}
     if options.span_opening:  # the network's own implant first: the same network output, cleaned without spanning
-        alone = complete_skull(defective, replace(options, span_opening=False), completer=memo)
+        alone = complete_skull(defective, replace(options, span_opening=False), completer=memo, super_resolver=sr)
         b = implant_metrics(alone.implant.array, truth_implant, defective.array, defective.spacing_mm)
         extra.update({"network_implant_dsc": b["dsc"], "network_implant_bdsc": b["bdsc"], "network_implant_hd95_mm": b["hd95_mm"],
                       "network_completion_dsc": dice(alone.completed.array, complete.array),
@@ -87,7 +88,7 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         extra.update({"opening_implant_dsc": b["dsc"], "opening_implant_bdsc": b["bdsc"], "opening_implant_hd95_mm": b["hd95_mm"],
                       "opening_completion_dsc": dice(done, complete.array), "opening_completion_re": reconstruction_error(done, complete.array)})
     if "dense" in baselines:
-        d = complete_skull(defective, options, completer=dense)
+        d = complete_skull(defective, options, completer=dense, super_resolver=None)
         b = implant_metrics(d.implant.array, truth_implant, defective.array, defective.spacing_mm)
         extra.update({"dense_implant_dsc": b["dsc"], "dense_implant_bdsc": b["bdsc"], "dense_implant_hd95_mm": b["hd95_mm"],
                       "dense_completion_dsc": dice(d.completed.array, complete.array),
@@ -170,6 +171,23 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+class _RememberedSR:
+    """The super-resolution stage, run once per case when the same completion is cleaned two ways."""
+
+    def __init__(self, resolver):
+        self.resolver, self.last = resolver, None
+
+    def __getattr__(self, name):
+        return getattr(self.resolver, name)
+
+    def __call__(self, skull, coarse_in, coarse_out, grid):
+        if self.last is not None and self.last[0] is skull and np.array_equal(self.last[1], coarse_out):
+            return self.last[2]
+        out = self.resolver(skull, coarse_in, coarse_out, grid)
+        self.last = (skull, coarse_out.copy(), out)
+        return out
+
+
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,
              limit: int | None = None, options: CompleteOptions | None = None, json_path: str | None = None, progress: bool = True,
              baselines: tuple[str, ...] = (), pictures: int | None = None, dense_model: str | None = None, record: bool = False) -> dict:
@@ -181,7 +199,11 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(BASELINES)}")
     options = options or CompleteOptions(preview=False)
     options.preview = False
-    completer = NetworkCompleter(model if model is not None else options.model, options.device, options.backend)
+    from sparseskull.implant.pipeline import super_resolver_for
+
+    model = model if model is not None else options.model
+    completer = NetworkCompleter(model, options.device, options.backend)
+    resolver = super_resolver_for(replace(options, model=model), completer)  # a pair's, or --super-resolution's
     dense = None
     if "dense" in baselines:
         from sparseskull.nets.files import DENSE
@@ -211,14 +233,14 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
     with staged_output(Path(out)) as stage:
         for i, case in enumerate(iterator):
             picture = stage / "cases" / f"{case.name.replace('/', '_')}.png" if pictures is None or i < pictures else None
-            rows.append(score_case(case, completer, options, tuple(baselines), picture, dense))
+            rows.append(score_case(case, completer, options, tuple(baselines), picture, dense, resolver))
             if progress:
                 iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
-        summary = _write_report(rows, stage, data, completer, baselines, options)
+        summary = _write_report(rows, stage, data, completer, baselines, options, resolver)
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
     if record:
-        record_evaluation(summary, completer.path, options, [c.case_id for c in found])
+        record_evaluation(summary, resolver.path if resolver is not None else completer.path, options, [c.case_id for c in found])
     return summary
 
 
@@ -239,6 +261,7 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
         "what": (f"sparseskull evaluate on {len(case_ids)} cases of {Path(summary['data']).name}"
                  + (" (all held out of the model's training)" if held_out and set(case_ids) <= held_out else "")
                  + ", through the complete pipeline on each case's full grid; means"),
+        "model": summary["model"],  # "completion + super-resolution" for a pair (recorded beside the super-resolution model)
         "cases": case_ids,
         **({"network_alone": {k: None if v is None else round(v, 4) for k, v in summary["network_alone"].items()}} if "network_alone" in summary else {}),
         "pipeline": {"min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
@@ -355,7 +378,7 @@ def _write_table(rows: list[dict], summary: dict, stage: Path) -> None:
     (stage / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
-def _write_report(rows: list[dict], stage: Path, data, completer, baselines, options: CompleteOptions) -> dict:
+def _write_report(rows: list[dict], stage: Path, data, completer, baselines, options: CompleteOptions, resolver=None) -> dict:
     """cases.csv, summary.json, boxplots.png and report.md into ``stage``; returns the summary."""
     stats = summarise(rows)
     summary = {key: stats[key]["mean"] for key in METRICS}
@@ -364,13 +387,15 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     if "network_implant_dsc" in stats:  # the network's own implant (no spanning), beside the spanned pipeline's
         summary["network_alone"] = {key: stats[f"network_{key}"]["mean"] for key in METRICS}
-    summary.update({"cases": len(rows), "data": str(data), "model": completer.name, "model_path": str(completer.path),
+    summary.update({"cases": len(rows), "data": str(data), "model": completer.name + (f" + {resolver.name}" if resolver is not None else ""),
+                    "model_path": str(completer.path), "super_resolution": resolver.name if resolver is not None else None,
                     "device": str(completer.device), "backend": completer.backend, "span_opening": options.span_opening, "statistics": stats})
     _write_table(rows, summary, stage)
     alone = [("network alone", "network_")] if "network_alone" in summary else []
-    methods = alone + [(completer.name + (" spanned" if alone else ""), "")] + [(b, f"{b}_") for b in baselines]
-    _boxplots(rows, stage / "boxplots.png", f"{completer.name} on {len(rows)} cases of {Path(data).name}", methods)
-    lines = [f"# Evaluation of `{completer.name}` on {len(rows)} cases of `{data}`", "",
+    methods = alone + [(summary["model"] + (" spanned" if alone else ""), "")] + [(b, f"{b}_") for b in baselines]
+    name = summary["model"]
+    _boxplots(rows, stage / "boxplots.png", f"{name} on {len(rows)} cases of {Path(data).name}", methods)
+    lines = [f"# Evaluation of `{name}` on {len(rows)} cases of `{data}`", "",
              "Each defective skull went through the `sparseskull complete` pipeline on its full grid"
              + (", the opening spanned (`fill.span_defect`)." if options.span_opening else ", without spanning the opening (`--no-span`)."), "",
              "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
@@ -384,7 +409,7 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
                   + (", spanned the same way" if options.span_opening else "") + "):", "",
                   "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
                   *(["| network alone | " + " | ".join(_fmt(summary["network_alone"][k]) for k in METRICS) + " |"] if alone else []),
-                  f"| {completer.name}{' spanned' if alone else ''} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
+                  f"| {name}{' spanned' if alone else ''} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
         lines += [f"| {b} | " + " | ".join(_fmt(summary["baselines"][b].get(k)) for k in METRICS) + " |" for b in baselines]
     if summary["by_class"]:
         lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 
 from sparseskull.implant.skull import DEFAULT_THRESHOLD_HU
 
-STAGES = ("read", "skull", "model grid", "network", "CT grid", "clean", "mesh", "write")
+STAGES = ("read", "skull", "model grid", "network", "super-resolution", "CT grid", "clean", "mesh", "write")
 
 
 INPUT_KINDS = ("auto", "ct", "mask")
@@ -43,6 +43,9 @@ class CompleteOptions:
     drop_mandible: bool = _opt(False, "--drop-mandible", "also drop a mandible that touches the skull (at the jaw joints or the teeth); "
                                "one that does not is always dropped", sets=True)
     model: str | None = _opt(None, "--model", "a shipped model's name (`sparseskull models`) or a .safetensors path (default: the default model)", type=str)
+    super_resolution: str = _opt("auto", "--super-resolution", "a super-resolution model (name or path) run on the completed skull "
+                                 "before the implant is taken; auto: the one --model is paired with (`sparseskull models`), if any; "
+                                 "none: off", type=str)
     device: str = _opt("auto", "--device", "auto, cpu, cuda, cuda:1, mps")
     backend: str = _opt("torch", "--backend", "sparse engine (the command line offers sparseskull.sparse.backends.BACKENDS)")
     min_implant_mm3: float = _opt(100.0, "--min-implant-mm3", "drop implant pieces smaller than this")

@@ -134,13 +134,47 @@ def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, 
     return volume.with_array(skull), info
 
 
-def complete_skull(source, options: CompleteOptions | None = None, progress: Progress | None = None, completer=None) -> CompletionResult:
+def super_resolver_for(options: CompleteOptions, completer, paired: bool = True):
+    """The super-resolution stage ``options`` ask for, or None: a model named by ``--super-resolution``, or (``auto``, with
+    ``paired``) the one that ``--model`` (or the default) is paired with."""
+    from sparseskull.implant.superres import SuperResolver
+    from sparseskull.nets.catalogue import find_pair
+
+    spec = options.super_resolution
+    if spec == "none" or (spec == "auto" and not paired):
+        return None
+    if spec == "auto":
+        pair = find_pair(options.model)
+        if pair is None:
+            return None
+        spec = pair.super_resolution
+    resolver = SuperResolver(spec, completer.device, getattr(completer, "backend", "torch"))
+    resolver.check_feeds(completer.info)
+    return resolver
+
+
+def planned_stages(options: CompleteOptions, completer=None, super_resolver="auto") -> tuple[str, ...]:
+    """The stages this run will go through (the progress lines count them): super-resolution only where there is one."""
+    from sparseskull.nets.catalogue import find_pair
+
+    if super_resolver == "auto":
+        spec = options.super_resolution
+        runs = spec not in ("none", "auto") or (spec == "auto" and completer is None and find_pair(options.model) is not None)
+    else:
+        runs = super_resolver is not None
+    return STAGES if runs else tuple(s for s in STAGES if s != "super-resolution")
+
+
+def complete_skull(source, options: CompleteOptions | None = None, progress: Progress | None = None, completer=None,
+                   super_resolver="auto") -> CompletionResult:
     """Run the pipeline on a path (image file or DICOM folder) or a :class:`Volume`; nothing is written.
 
     ``completer``: the completion step, by default a :class:`NetworkCompleter` for ``options.model``.
     Any object with ``info`` (a ModelInfo: resolution, spacing_mm), ``name``, ``device``, ``backend``
     and a call ``(coarse, grid)`` -> completed coarse grid will do; the tests use one that returns the
-    known answer, to check every stage around the network."""
+    known answer, to check every stage around the network. ``super_resolver``: the super-resolution stage
+    (a :class:`~sparseskull.implant.superres.SuperResolver` or any object called like it), None for none, or
+    ``auto``: as ``options.super_resolution`` says (a given ``completer`` takes no paired model of its own)."""
     from sparseskull.implant.mesh import mask_to_mesh
 
     options = options or CompleteOptions()
@@ -150,9 +184,11 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     t_start = time.perf_counter()
     clock = [t_start]
 
+    stages = planned_stages(options, completer, super_resolver)
+
     def stage(name: str) -> None:
         if progress is not None:
-            progress(name, STAGES.index(name), len(STAGES))
+            progress(name, stages.index(name), len(stages))
 
     def done(name: str) -> None:
         now = time.perf_counter()
@@ -169,8 +205,11 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
             check_header(header, options)
         except InputError as exc:
             raise _names(source_name, exc) from None
+    paired = completer is None
     if completer is None:
         completer = NetworkCompleter(options.model, options.device, options.backend)
+    if super_resolver == "auto":
+        super_resolver = super_resolver_for(options, completer, paired)
     info = completer.info
     try:
         if header is not None:
@@ -200,8 +239,14 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     coarse_out = completer(coarse_in, grid)
     done("network")
 
+    sr_info = None
+    if super_resolver is not None:
+        stage("super-resolution")
+        fine_in, fine_out, fine_grid, sr_info = super_resolver(skull, coarse_in, coarse_out, grid)
+        done("super-resolution")
+
     stage("CT grid")
-    raw = to_ct_grid(coarse_in, coarse_out, grid, skull)
+    raw = to_ct_grid(fine_in, fine_out, fine_grid, skull) if super_resolver is not None else to_ct_grid(coarse_in, coarse_out, grid, skull)
     done("CT grid")
 
     stage("clean")
@@ -243,6 +288,7 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
         "model_grid": {"shape": [int(n) for n in coarse_in.shape], "factors": list(grid.factors), "spacing_mm": coarse_spacing,
                        "input_points": int(coarse_in.sum()), "completed_points": int(coarse_out.sum()),
                        "generated_points": int((coarse_out & ~coarse_in).sum())},
+        "super_resolution": sr_info,
         "device": str(completer.device),
         "backend": completer.backend,
         "defect_found": bool(implant_array.any()),
@@ -323,15 +369,16 @@ def write_outputs(result: CompletionResult, folder: Path, options: CompleteOptio
 
 
 def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None = None, progress: Progress | None = None,
-                 extra_report: Callable[[CompletionResult], dict] | None = None, completer=None) -> CompletionResult:
+                 extra_report: Callable[[CompletionResult], dict] | None = None, completer=None, super_resolver="auto") -> CompletionResult:
     """:func:`complete_skull`, then every output written to ``out`` (all or nothing: a staging folder
     beside it replaces it only when everything succeeded)."""
     options = options or CompleteOptions()
     out = Path(out)
     check_output(out)  # before the minutes of work, not after
-    result = complete_skull(source, options, progress, completer)
+    result = complete_skull(source, options, progress, completer, super_resolver)
     if progress is not None:
-        progress("write", STAGES.index("write"), len(STAGES))
+        stages = planned_stages(options, completer, super_resolver)
+        progress("write", stages.index("write"), len(stages))
     t0 = time.perf_counter()
     try:
         with staged_output(out) as stage:

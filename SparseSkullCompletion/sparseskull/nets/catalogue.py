@@ -82,6 +82,42 @@ def default_model_name(folder: Path | None = None) -> str | None:
     return completion[0] if completion else None
 
 
+@dataclass(frozen=True)
+class ModelPair:
+    """A completion model and the super-resolution model that takes its output to a finer grid, offered as one choice
+    (``Resources/Models/pairs.json``: ``{"pairs": [{"name", "completion", "super_resolution", "label"}]}``)."""
+
+    name: str
+    completion: str
+    super_resolution: str
+    label: str = ""
+
+
+def list_pairs(folder: Path | None = None) -> list[ModelPair]:
+    """The shipped pairs whose two models are both shipped."""
+    folder = models_dir() if folder is None else Path(folder)
+    try:
+        entries = json.loads((folder / "pairs.json").read_text()).get("pairs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    pairs = []
+    for e in entries:
+        try:
+            pair = ModelPair(str(e["name"]), str(e["completion"]), str(e["super_resolution"]), str(e.get("label", "")))
+        except (KeyError, TypeError):
+            continue
+        if (folder / f"{pair.completion}.safetensors").is_file() and (folder / f"{pair.super_resolution}.safetensors").is_file():
+            pairs.append(pair)
+    return pairs
+
+
+def find_pair(spec, folder: Path | None = None) -> ModelPair | None:
+    """The shipped pair named ``spec`` (None: the default, when default.txt names a pair), or None."""
+    if spec is None:
+        spec = default_model_name(folder)
+    return next((p for p in list_pairs(folder) if p.name == spec), None) if spec is not None else None
+
+
 def resolve_model(spec: str | os.PathLike | None = None, folder: Path | None = None) -> Path:
     """A model file from a shipped model's name, a path, or None for the default."""
     folder = models_dir() if folder is None else Path(folder)
@@ -97,7 +133,10 @@ def resolve_model(spec: str | os.PathLike | None = None, folder: Path | None = N
         return path
     shipped = folder / f"{spec}.safetensors"
     if not shipped.is_file():
-        names = ", ".join(m.name for m in list_models(folder, baselines=True)) or "none"
+        pair = find_pair(spec, folder)
+        if pair is not None:
+            return folder / f"{pair.completion}.safetensors"
+        names = ", ".join([m.name for m in list_models(folder, baselines=True)] + [p.name for p in list_pairs(folder)]) or "none"
         raise FileNotFoundError(f"no shipped model named {spec!r} (shipped: {names}); or give a path to a .safetensors file")
     return shipped
 

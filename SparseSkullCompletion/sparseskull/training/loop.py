@@ -84,6 +84,7 @@ class TrainConfig:
     flip_axes: tuple[int, ...] = (0,)
     rotate_deg: float = 5.0
     shift: int = 8
+    crop: int | None = None  # train on boxes of this many voxels a side around random bone (large grids); None: whole skulls
     tau: float = 0.0
     max_cases: int | None = None
     device: str = "auto"
@@ -412,7 +413,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     skulls, skipped = _load_training_skulls(config, bar_factory, hint=not resume)
     train_skulls, val_skulls = split(skulls, config.validation, config.seed)
     aug = Augmentation(config.flip_axes, config.rotate_deg, config.shift)
-    sampler = PairSampler(train_skulls, config.task, aug, config.classes, config.new_defects)
+    sampler = PairSampler(train_skulls, config.task, aug, config.classes, config.new_defects, crop=config.crop)
     val_pairs = PairSampler(val_skulls, config.task, aug, config.classes).fixed(config.seed) if val_skulls else []
 
     torch.manual_seed(config.seed)
@@ -600,6 +601,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "skips": config.skips,
             "batch_size": config.batch_size,
             "lr": config.lr,
+            **({"crop": config.crop} if config.crop else {}),
             "augmentation": {"flip_axes": list(config.flip_axes), "rotate_deg": config.rotate_deg, "shift": config.shift,
                              "new_defects": config.new_defects, "classes": list(config.classes)},
             "seed": config.seed,
@@ -671,6 +673,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-axes", type=int, nargs="*", default=list(d.flip_axes), help="array axes to mirror at random (default 0: left-right)")
     p.add_argument("--rotate-deg", type=float, default=d.rotate_deg)
     p.add_argument("--shift", type=int, default=d.shift)
+    p.add_argument("--crop", type=int, default=None, help="train on boxes of N voxels a side around random bone (for 256 and 512 "
+                   "grids; validation and inference use whole skulls)")
     p.add_argument("--tau", type=float, default=d.tau, help="inference pruning threshold on the logits")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N skulls")
     p.add_argument("--device", default=d.device, help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")

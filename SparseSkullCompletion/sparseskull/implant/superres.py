@@ -1,0 +1,104 @@
+"""The super-resolution stage: the completed skull on the completion model's coarse grid, brought to a grid 2 or 4 times
+finer by a second network (the paper's shape super-resolution), so the implant has the finer grid's shape rather than
+the coarse grid's blocks.
+
+The network's input is the coarse completed skull upsampled (nearest) to the fine grid, exactly as it was trained
+(``sparseskull train --task super-resolution``); its output is the skull on the fine grid. The defect's place comes
+from the completion: the fine implant is the super-resolved skull minus the defective skull *within one coarse voxel
+of the coarse implant*, so a surface that moved by a voxel elsewhere on the skull never becomes implant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from sparseskull.data.volume import Volume
+from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, block_fraction, model_factors
+from sparseskull.implant.network import network_points
+from sparseskull.implant.options import InputError
+
+
+def nearest_index(n_fine: int, fine_factor: int, coarse_factor: int, n_coarse: int) -> np.ndarray:
+    """For each fine voxel along one axis, the coarse voxel holding its centre (both grids start at the same input voxel)."""
+    centre = np.arange(n_fine) * fine_factor + fine_factor / 2.0
+    return np.minimum((centre // coarse_factor).astype(np.int64), n_coarse - 1)
+
+
+def to_fine(coarse: np.ndarray, grid: ModelGrid, fine_factors) -> np.ndarray:
+    """A coarse-grid mask (with its margin) on the finer grid that covers the same input voxels (nearest)."""
+    size = [n * f for n, f in zip(coarse.shape, grid.factors)]
+    shape = [-(-s // ff) for s, ff in zip(size, fine_factors)]
+    idx = [nearest_index(n, ff, fc, nc) for n, ff, fc, nc in zip(shape, fine_factors, grid.factors, coarse.shape)]
+    return coarse[np.ix_(*idx)]
+
+
+def fine_grid(skull: Volume, grid: ModelGrid, coarse_shape, fine_factors) -> tuple[np.ndarray, ModelGrid]:
+    """The defective skull block-averaged onto the fine grid that covers the coarse grid's region (margin included)."""
+    f = np.asarray(fine_factors)
+    start = grid.lo - grid.margin * np.asarray(grid.factors)  # input voxel of the coarse grid's first voxel
+    size = np.array([n * fc for n, fc in zip(coarse_shape, grid.factors)])
+    shape = -(-size // f)
+    crop = np.zeros(tuple(int(v) for v in shape * f), dtype=bool)
+    lo, hi = np.maximum(start, 0), np.minimum(start + crop.shape, skull.shape)
+    if np.all(hi > lo):
+        crop[tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))] = np.asarray(skull.array, bool)[
+            tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))]
+    fine_in = block_fraction(crop, fine_factors) >= 0.5
+    return fine_in, ModelGrid(start, tuple(int(v) for v in f), tuple(int(v) for v in shape), 0)
+
+
+class SuperResolver:
+    """A super-resolution model file as the pipeline's stage after completion (``spec``: a shipped model's name or a path)."""
+
+    def __init__(self, spec, device="cpu", backend: str = "torch", model=None, info=None):
+        """``model`` and ``info``: a network in memory instead of a file (``spec`` then only names it)."""
+        from sparseskull.nets.catalogue import resolve_model
+        from sparseskull.nets.files import load_model
+
+        self.device = device
+        self.backend = backend
+        if model is None:
+            self.path = resolve_model(spec)
+            self.model, self.info = load_model(self.path, device=device)
+        else:
+            self.path, self.model, self.info = str(spec), model, info
+        if self.info.task != "super-resolution":
+            raise InputError(f"{self.path}: a {self.info.task} model, but the super-resolution stage needs a super-resolution model")
+        if self.info.spacing_mm is None:
+            raise InputError(f"{self.path}: the model file does not say its voxel spacing")
+        self.name = Path(self.path).stem
+
+    def check_feeds(self, completion_info) -> None:
+        """Refuse a completion model whose grid is not this model's input grid."""
+        if completion_info.resolution != self.info.input_resolution:
+            raise InputError(f"{self.name} super-resolves from {self.info.input_resolution}, but the completion model works at "
+                             f"{completion_info.resolution}: choose a super-resolution model from {completion_info.resolution}")
+
+    def __call__(self, skull: Volume, coarse_in: np.ndarray, coarse_out: np.ndarray, grid: ModelGrid) -> tuple[np.ndarray, np.ndarray, ModelGrid, dict]:
+        """The defective and the completed skull on the fine grid, that grid, and what was done."""
+        fine_factors = model_factors(skull, self.info.spacing_mm)
+        if tuple(fine_factors) == tuple(grid.factors):
+            raise InputError(f"the CT's voxels ({[round(s, 3) for s in skull.spacing_mm]} mm) are as coarse as {self.name}'s output grid: "
+                             "there is nothing to super-resolve (run without --super-resolution)")
+        fine_in, fgrid = fine_grid(skull, grid, coarse_out.shape, fine_factors)
+        nearest = to_fine(coarse_out, grid, fine_factors)[: fine_in.shape[0], : fine_in.shape[1], : fine_in.shape[2]]
+        ijk = np.argwhere(nearest)
+        if len(ijk) == 0:
+            raise InputError("the completed skull is empty on the model grid: nothing to super-resolve")
+        # the skull's corner where training put it (a few voxels in): a six-level network answers differently per alignment
+        shift = ijk.min(axis=0) - GRID_MARGIN
+        pred = network_points(self.model, ijk - shift, self.backend, self.device, self.info.tau) + shift
+        fine_out = np.zeros(fine_in.shape, bool)
+        pred = pred[np.all((pred >= 0) & (pred < np.array(fine_out.shape)), axis=1)]
+        fine_out[tuple(pred.T)] = True
+        # the implant's place is the completion's: within one coarse voxel of its coarse implant
+        near = ndimage.binary_dilation(coarse_out & ~coarse_in, np.ones((3, 3, 3), bool))
+        region = to_fine(near, grid, fine_factors)[: fine_in.shape[0], : fine_in.shape[1], : fine_in.shape[2]]
+        completed = fine_in | (fine_out & region)
+        info = {"model": self.name, "from": self.info.input_resolution, "to": self.info.resolution, "factors": list(fine_factors),
+                "shape": [int(n) for n in fine_in.shape], "input_points": int(len(ijk)), "output_points": int(len(pred)),
+                "implant_points": int((completed & ~fine_in).sum())}
+        return fine_in, completed, fgrid, info
