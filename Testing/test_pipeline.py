@@ -89,7 +89,7 @@ class IdentityNet:
     def eval(self):
         return self
 
-    def __call__(self, x, tau=0.0):
+    def __call__(self, x, tau=0.0, max_points=None):
         from types import SimpleNamespace
 
         return SimpleNamespace(output=x)
@@ -119,6 +119,21 @@ def test_super_resolution_stage_keeps_the_implant_in_patient_space(tmp_path, sam
     assert with_sr.watertight and abs(with_sr.volume_mm3 / without.volume_mm3 - 1) < 0.05, (with_sr.volume_mm3, without.volume_mm3)
     assert np.linalg.norm(c1 - c0) < 1.0, (c1, c0)
     assert np.linalg.norm(c1 - sample.implant.centroid_lps()) < 3.0
+
+
+def test_a_flooding_super_resolution_network_stops_at_the_point_cap(sample):
+    """A network that keeps every point it generates (tau far below every logit) floods the skull's box; the stage stops
+    at the point cap (4 times the input's points per decoder level) with a one-line reason, before its memory grows."""
+    from sparseskull.implant.superres import SuperResolver
+    from sparseskull.nets.sparse_net import SparseCompletionNet
+
+    info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=128, input_resolution=64, skips=True,
+                     spacing_mm=tuple(s / 2 for s in SPACING_64), tau=-1e9)
+    resolver = SuperResolver("flood", model=SparseCompletionNet("ch1", skips=True).eval(), info=info)
+    skull = sample.complete
+    coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
+    with pytest.raises(InputError, match="super-resolution with flood stopped: the generative layer .* over the cap"):
+        resolver(skull, coarse, coarse, grid)
 
 
 def test_super_resolution_model_must_take_the_completion_grid(sample):

@@ -13,8 +13,9 @@ from sparseskull.implant.options import InputError
 if TYPE_CHECKING:
     from sparseskull.implant.grid import ModelGrid
 
-def network_points(model, ijk: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
-    """The voxel coordinates (M x 3) the network outputs for input voxels ``ijk`` (N x 3, one skull), in inference."""
+def network_points(model, ijk: np.ndarray, backend: str, device, tau: float, max_points: int | None = None) -> np.ndarray:
+    """The voxel coordinates (M x 3) the network outputs for input voxels ``ijk`` (N x 3, one skull), in inference;
+    ``max_points``: the most points a decoder level may create (a PointExplosionError beyond: memory stays bounded)."""
     import torch
 
     from sparseskull.sparse.backends import from_backend, to_backend
@@ -23,7 +24,7 @@ def network_points(model, ijk: np.ndarray, backend: str, device, tau: float) -> 
     coords = torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], axis=1)).to(device)
     x = SparseTensor.from_coords(coords, torch.ones(len(coords), 1, device=device))
     with torch.inference_mode():
-        out = model(to_backend(x, backend), tau=tau)
+        out = model(to_backend(x, backend), tau=tau, **({"max_points": max_points} if max_points else {}))
     return from_backend(out.output).coords[:, 1:].cpu().numpy() if out.output is not None else np.zeros((0, 3), int)
 
 

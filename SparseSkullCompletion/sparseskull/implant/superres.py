@@ -19,6 +19,9 @@ from sparseskull.data.volume import Volume
 from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, block_fraction, model_factors
 from sparseskull.implant.network import network_points
 from sparseskull.implant.options import InputError
+from sparseskull.sparse.functional import PointExplosionError
+
+POINT_CAP = 4  # a decoder level may hold at most this many times the input's points: the skull on a finer grid, not a flood
 
 
 def nearest_index(n_fine: int, fine_factor: int, coarse_factor: int, n_coarse: int) -> np.ndarray:
@@ -90,7 +93,10 @@ class SuperResolver:
             raise InputError("the completed skull is empty on the model grid: nothing to super-resolve")
         # the skull's corner where training put it (a few voxels in): a six-level network answers differently per alignment
         shift = ijk.min(axis=0) - GRID_MARGIN
-        pred = network_points(self.model, ijk - shift, self.backend, self.device, self.info.tau) + shift
+        try:
+            pred = network_points(self.model, ijk - shift, self.backend, self.device, self.info.tau, max_points=POINT_CAP * len(ijk)) + shift
+        except PointExplosionError as exc:
+            raise InputError(f"super-resolution with {self.name} stopped: {exc}") from None
         fine_out = np.zeros(fine_in.shape, bool)
         pred = pred[np.all((pred >= 0) & (pred < np.array(fine_out.shape)), axis=1)]
         fine_out[tuple(pred.T)] = True
