@@ -351,6 +351,31 @@ def test_model_device_and_backend_choices(tmp_path, monkeypatch, logic):
     assert [label for label, _ in logic.modelChoices()] == [label for label in labels if "yours" not in label]
 
 
+def test_a_shipped_pair_is_one_model_choice(tmp_path, monkeypatch, logic):
+    """A pair (completion, then super-resolution) is offered as one choice whose value is the pair's name, which the
+    child process takes as --model; named in default.txt, it comes first."""
+    import json
+
+    from sparseskull.implant.options import options_to_args
+    from sparseskull.nets.files import ModelInfo, save_model
+    from sparseskull.nets.sparse_net import CHANNEL_PRESETS, SparseCompletionNet
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(logic.modelChoices()[0][1], folder / "c128.safetensors")
+    save_model(SparseCompletionNet("ch1", skips=True), folder / "sr.safetensors",
+               ModelInfo(CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=256, input_resolution=128, skips=True, spacing_mm=(1.0, 1.0, 1.0)))
+    (folder / "pairs.json").write_text(json.dumps({"pairs": [{"name": "c128+sr", "completion": "c128", "super_resolution": "sr",
+                                                               "label": "128 + super-resolution to 256"}]}))
+    monkeypatch.setenv("SPARSESKULL_MODELS", str(folder))
+    monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
+    (folder / "default.txt").write_text("c128\n")
+    assert logic.modelChoices() == [("c128 (128^2)", str(folder / "c128.safetensors")), ("c128+sr (128 + super-resolution to 256)", "c128+sr")]
+    (folder / "default.txt").write_text("c128+sr\n")
+    assert logic.modelChoices()[0] == ("c128+sr (128 + super-resolution to 256)", "c128+sr")
+    assert options_to_args(CompleteOptions(model="c128+sr")) == ["--model", "c128+sr"]
+
+
 @pytest.mark.slow
 def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     """The Widget's handlers, driven as the panel would drive them (the Qt widgets stood in for, since Qt

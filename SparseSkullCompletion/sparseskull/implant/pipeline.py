@@ -243,6 +243,8 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     if super_resolver is not None:
         stage("super-resolution")
         fine_in, fine_out, fine_grid, sr_info = super_resolver(skull, coarse_in, coarse_out, grid)
+        if sr_info.get("warning"):
+            warnings.append(sr_info["warning"])
         done("super-resolution")
 
     stage("CT grid")

@@ -104,7 +104,11 @@ class SuperResolver:
         near = ndimage.binary_dilation(coarse_out & ~coarse_in, np.ones((3, 3, 3), bool))
         region = to_fine(near, grid, fine_factors)[: fine_in.shape[0], : fine_in.shape[1], : fine_in.shape[2]]
         completed = fine_in | (fine_out & region)
+        spacing = [round(float(f * v), 3) for f, v in zip(fine_factors, skull.spacing_mm)]
         info = {"model": self.name, "from": self.info.input_resolution, "to": self.info.resolution, "factors": list(fine_factors),
                 "shape": [int(n) for n in fine_in.shape], "input_points": int(len(ijk)), "output_points": int(len(pred)),
-                "implant_points": int((completed & ~fine_in).sum())}
+                "implant_points": int((completed & ~fine_in).sum()), "spacing_mm": spacing}
+        if max(abs(a / b - 1) for a, b in zip(spacing, self.info.spacing_mm)) > 0.25:
+            info["warning"] = (f"the CT's spacing does not divide into {self.name}'s: its grid has {spacing} mm voxels, the model was "
+                               f"trained at {list(self.info.spacing_mm)} mm (a CT with thick slices gains little from super-resolution)")
         return fine_in, completed, fgrid, info
