@@ -101,13 +101,13 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     apart from the coarse validation score training recorded; a model without an evaluation shows dashes."""
     from sparseskull.cli import main
     from sparseskull.nets.catalogue import (
-        default_model_name,
         list_models,
         register_model,
+        resolve_model,
     )
 
     monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
-    shipped = next(m for m in list_models() if m.name == default_model_name())
+    shipped = next(m for m in list_models() if m.path == resolve_model(None))  # the default, or a default pair's completion model
     scores = json.loads(shipped.path.with_suffix(".evaluation.json").read_text())
     assert shipped.evaluation == scores and len(scores["cases"]) == 15
     mine = tmp_path / "run1" / "model.safetensors"
@@ -156,11 +156,11 @@ def test_a_pair_is_one_model_choice_with_a_super_resolution_stage(tmp_path, monk
     from sparseskull.implant.network import NetworkCompleter
     from sparseskull.implant.options import CompleteOptions
     from sparseskull.implant.pipeline import planned_stages, super_resolver_for
-    from sparseskull.nets.catalogue import default_model_name, find_pair, list_models, list_pairs, resolve_model
+    from sparseskull.nets.catalogue import find_pair, list_models, list_pairs, resolve_model
     from sparseskull.nets.files import ModelInfo, save_model
     from sparseskull.nets.sparse_net import CHANNEL_PRESETS, SparseCompletionNet
 
-    shipped = next(m for m in list_models() if m.info.task == "completion" and m.name == default_model_name())
+    shipped = next(m for m in list_models() if m.path == resolve_model(None))
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copy(shipped.path, folder / "c128.safetensors")

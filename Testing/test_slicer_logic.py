@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sparseskull.nets.catalogue import default_model_name
+from sparseskull.nets.catalogue import default_model_name, resolve_model
 from sparseskull.nets.files import read_info
 
 try:
@@ -35,7 +35,7 @@ from sparseskull.data.sample import load_sample, sample_dir  # noqa: E402
 from sparseskull.data.volume import Volume  # noqa: E402
 from sparseskull.implant.mesh import check_mesh, mesh_centroid, read_stl  # noqa: E402
 from sparseskull.implant.options import CompleteOptions  # noqa: E402
-from sparseskull.implant.pipeline import run_complete  # noqa: E402
+from sparseskull.implant.pipeline import planned_stages, run_complete  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "SparseSkullCompletion"
 sys.path.insert(0, str(MODULE_DIR))
@@ -45,6 +45,7 @@ from SparseSkullCompletionLib import dependencies  # noqa: E402
 import SparseSkullCompletion as module  # noqa: E402
 
 FLIP = np.array([-1.0, -1.0, 1.0])  # LPS <-> RAS
+DEFAULT_STAGES = len(planned_stages(CompleteOptions()))  # the progress lines' count for the default model (9 for a pair)
 
 
 @pytest.fixture
@@ -240,7 +241,7 @@ def test_complete_skull_on_the_sample_ct_runs_the_core_in_a_child_process(scene,
     seg = results.segmentation.GetSegmentation()
     assert [seg.GetNthSegment(i).GetName() for i in range(3)] == ["Defective skull", "Completed skull", "Implant"]
     assert results.report["model"]["name"] == default_model_name() and results.report["defect_found"]
-    assert any(line.startswith("[4/8] network") for line in results.log)
+    assert any(line.startswith(f"[4/{DEFAULT_STAGES}] network") for line in results.log)
     assert "Implant" in results.summary and "cm3" in results.summary
 
     implant = logic.maskFromSegmentation(results.segmentation, ["Implant"], node)
@@ -331,8 +332,8 @@ def test_bone_preview_follows_the_threshold(scene, logic, sample, tmp_path):
 def test_model_device_and_backend_choices(tmp_path, monkeypatch, logic):
     monkeypatch.setenv("SPARSESKULL_HOME", str(tmp_path / "home"))
     choices = logic.modelChoices()
-    assert choices[0][0].startswith(default_model_name()) and Path(choices[0][1]).is_file()
-    grid = read_info(choices[0][1]).resolution
+    assert choices[0][0].startswith(default_model_name()) and resolve_model(choices[0][1]).is_file()  # a path, or a pair's name
+    grid = read_info(resolve_model(choices[0][1])).resolution
     assert logic.deviceChoices()[:2] == [("Auto", "auto"), ("CPU", "cpu")]
     assert "Detected:" in logic.deviceSummary()
     assert logic.backendChoices()[0] == "torch"
@@ -343,7 +344,7 @@ def test_model_device_and_backend_choices(tmp_path, monkeypatch, logic):
         logic.registerModel(tmp_path / "notamodel.safetensors")
     run = tmp_path / "run1"
     run.mkdir()
-    shutil.copy(choices[0][1], run / "model.safetensors")
+    shutil.copy(resolve_model(choices[0][1]), run / "model.safetensors")
     assert logic.registerModel(run / "model.safetensors") == "run1"
     labels = [label for label, _ in logic.modelChoices()]
     assert labels[0].startswith(default_model_name()) and f"run1 ({grid}^2, yours)" in labels
@@ -362,7 +363,7 @@ def test_a_shipped_pair_is_one_model_choice(tmp_path, monkeypatch, logic):
 
     folder = tmp_path / "models"
     folder.mkdir()
-    shutil.copy(logic.modelChoices()[0][1], folder / "c128.safetensors")
+    shutil.copy(resolve_model(logic.modelChoices()[0][1]), folder / "c128.safetensors")
     save_model(SparseCompletionNet("ch1", skips=True), folder / "sr.safetensors",
                ModelInfo(CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=256, input_resolution=128, skips=True, spacing_mm=(1.0, 1.0, 1.0)))
     (folder / "pairs.json").write_text(json.dumps({"pairs": [{"name": "c128+sr", "completion": "c128", "super_resolution": "sr",
@@ -436,7 +437,7 @@ def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     ui.thresholdSlider.value = 5000.0  # no bone: the core's message in an error dialog, the log behind it
     widget.onApply()
     run_until_done()
-    assert ui.statusLabel.text == "Failed." and "bone threshold of 5000 HU" in errors[-1][0] and "[1/8] read" in errors[-1][1]
+    assert ui.statusLabel.text == "Failed." and "bone threshold of 5000 HU" in errors[-1][0] and f"[1/{DEFAULT_STAGES}] read" in errors[-1][1]
 
     ui.thresholdSlider.value = 300.0
     widget.onApply()
@@ -446,7 +447,7 @@ def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     assert ui.statusLabel.text.startswith("Implant ") and ui.exportStlButton.enabled is True
     widget.onExportStl()
     assert check_mesh(read_stl(tmp_path / "chosen.stl")).watertight and "chosen.stl" in ui.statusLabel.text
-    assert "[8/8] write" in widget.lastLog()
+    assert f"[{DEFAULT_STAGES}/{DEFAULT_STAGES}] write" in widget.lastLog()
 
 
 @pytest.mark.slow

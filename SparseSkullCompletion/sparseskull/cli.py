@@ -140,6 +140,7 @@ def _cmd_models(args) -> int:
     from sparseskull.nets.catalogue import (
         available_models,
         default_model_name,
+        find_pair,
         list_pairs,
         models_dir,
     )
@@ -149,6 +150,8 @@ def _cmd_models(args) -> int:
         print(f"no shipped models in {models_dir()}")
         return 1
     default = default_model_name()
+    pair = find_pair(default)
+    defaults = {pair.completion, pair.super_resolution} if pair else {default}  # a default pair marks both its models
     def cell(v, digits: int, width: int) -> str:
         return f"{'-' if v is None else f'{v:.{digits}f}':>{width}}"
 
@@ -159,7 +162,7 @@ def _cmd_models(args) -> int:
         spacing = "x".join(f"{v:.2f}" for v in i.spacing_mm) if i.spacing_mm else "-"
         res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
         full = m.evaluation or {}
-        mark = " (default)" if m.shipped and m.name == default else " (baseline)" if m.baseline else "" if m.shipped else " (yours)"
+        mark = " (default)" if m.shipped and m.name in defaults else " (baseline)" if m.baseline else "" if m.shipped else " (yours)"
         alone = (full.get("network_alone") or {}).get("implant_dsc")
         print(f"{m.name + mark:<32} {i.task:<16} {res:>10} {'yes' if i.skips else 'no':>5} {spacing:>16} | {cell(alone, 3, 9)} {cell(full.get('implant_dsc'), 3, 11)} "
               f"{cell(full.get('implant_bdsc'), 3, 6)} {cell(full.get('implant_hd95_mm'), 1, 8)} | {cell(i.metrics.get('val_implant_dsc'), 3, 10)}")
