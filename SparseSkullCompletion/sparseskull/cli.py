@@ -47,7 +47,8 @@ def _summary(report: dict, out: str) -> None:
         print(report["message"])
     for w in report.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
-    print(f"model {report['model']['name']} on {report['device']} ({report['backend']}); {report['seconds']['total'] + report['seconds'].get('write', 0):.1f} s; "
+    sr = report.get("super_resolution")
+    print(f"model {report['model']['name']}{' + ' + sr['model'] if sr else ''} on {report['device']} ({report['backend']}); {report['seconds']['total'] + report['seconds'].get('write', 0):.1f} s; "
           + ("peak memory unknown on this platform" if report.get("peak_mib") is None else f"peak memory {report['peak_mib']:.0f} MiB"))
     print(f"outputs in {out}/: {', '.join(report.get('files', []))}")
 

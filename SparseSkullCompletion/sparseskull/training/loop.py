@@ -210,7 +210,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     ax[0].legend()
     ax[0].grid(alpha=0.3)
     if val:
-        ax[1].plot(*zip(*val), "o-", color="tab:green", label="completed skull")
+        ax[1].plot(*zip(*val), "o-", color="tab:green", label="super-resolved skull" if title.startswith("super-resolution") else "completed skull")
         best = max(val, key=lambda v: v[1])
         ax[1].set_title(f"best {best[1]:.4f} at step {best[0]}", fontsize=9)
     if implant:
