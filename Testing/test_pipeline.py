@@ -104,6 +104,7 @@ def _identity_resolver(fine_spacing, resolution=128, input_resolution=64):
     return SuperResolver("identity", model=IdentityNet(), info=info)
 
 
+@pytest.mark.slow
 def test_super_resolution_stage_keeps_the_implant_in_patient_space(tmp_path, sample):
     """The known-answer pipeline with a super-resolution step: an identity network on the finer grid (half the model's
     spacing) gives the same STL volume (within 5%) and centroid (within 1 mm) as the pipeline without it, both near the
