@@ -50,7 +50,7 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
         raise ValueError(f"case {case.name}: the complete and defective skulls are on different grids")
     truth_implant = np.asarray(complete.array, bool) & ~np.asarray(defective.array, bool)
     memo = _Remembered(completer)
-    sr = _RememberedSR(super_resolver) if super_resolver is not None else None
+    sr = _Remembered(super_resolver) if super_resolver is not None else None
     result = complete_skull(defective, options, completer=memo, super_resolver=sr)
     m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
     cm3 = defective.voxel_volume_mm3 / 1000.0
@@ -112,20 +112,24 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
 
 
 class _Remembered:
-    """A completer that answers a repeated input from memory: the network runs once per case when the same
-    output is cleaned two ways (with and without spanning)."""
+    """A pipeline step (the completion, the super-resolution stage) that answers a repeated call from memory, so the
+    networks run once per case when the same output is cleaned two ways (with and without spanning). The call is
+    known by its array arguments; the others (the skull, the grid) follow from them within one case and are rebuilt
+    by every pipeline run, so they are not compared."""
 
-    def __init__(self, completer):
-        self.completer, self.last = completer, None
+    def __init__(self, step):
+        self.step, self.last = step, None
 
     def __getattr__(self, name):
-        return getattr(self.completer, name)
+        return getattr(self.step, name)
 
-    def __call__(self, coarse: np.ndarray, grid=None) -> np.ndarray:
-        if self.last is not None and self.last[0].shape == coarse.shape and np.array_equal(self.last[0], coarse):
+    def __call__(self, *args):
+        key = [a for a in args if isinstance(a, np.ndarray)]
+        if self.last is not None and len(key) == len(self.last[0]) and all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(key, self.last[0])):
             return self.last[1]
-        out = self.completer(coarse, grid)
-        self.last = (coarse.copy(), out)
+        out = self.step(*args)
+        self.last = ([a.copy() for a in key], out)
         return out
 
 
@@ -169,23 +173,6 @@ def _boxplots(rows: list[dict], path: Path, title: str, methods: list[tuple[str,
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
-
-
-class _RememberedSR:
-    """The super-resolution stage, run once per case when the same completion is cleaned two ways."""
-
-    def __init__(self, resolver):
-        self.resolver, self.last = resolver, None
-
-    def __getattr__(self, name):
-        return getattr(self.resolver, name)
-
-    def __call__(self, skull, coarse_in, coarse_out, grid):
-        if self.last is not None and self.last[0] is skull and np.array_equal(self.last[1], coarse_out):
-            return self.last[2]
-        out = self.resolver(skull, coarse_in, coarse_out, grid)
-        self.last = (skull, coarse_out.copy(), out)
-        return out
 
 
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, cases: list[str] | None = None,

@@ -134,10 +134,9 @@ def skull_from_input(volume: Volume, options: CompleteOptions) -> tuple[Volume, 
     return volume.with_array(skull), info
 
 
-def super_resolver_for(options: CompleteOptions, completer, paired: bool = True):
-    """The super-resolution stage ``options`` ask for, or None: a model named by ``--super-resolution``, or (``auto``, with
+def super_resolution_spec(options: CompleteOptions, paired: bool = True) -> str | None:
+    """The super-resolution model ``options`` ask for, or None: the one ``--super-resolution`` names, or (``auto``, with
     ``paired``) the one that ``--model`` (or the default) is paired with."""
-    from sparseskull.implant.superres import SuperResolver
     from sparseskull.nets.catalogue import find_pair
 
     spec = options.super_resolution
@@ -145,24 +144,32 @@ def super_resolver_for(options: CompleteOptions, completer, paired: bool = True)
         return None
     if spec == "auto":
         pair = find_pair(options.model)
-        if pair is None:
-            return None
-        spec = pair.super_resolution
+        return pair.super_resolution if pair is not None else None
+    return spec
+
+
+def super_resolver_for(options: CompleteOptions, completer, paired: bool = True, spec: str | None = "auto"):
+    """The super-resolution stage ``options`` ask for (see :func:`super_resolution_spec`; ``spec``: that answer, when
+    already known), checked to take the completion model's grid; or None."""
+    from sparseskull.implant.superres import SuperResolver
+
+    spec = super_resolution_spec(options, paired) if spec == "auto" else spec
+    if spec is None:
+        return None
     resolver = SuperResolver(spec, completer.device, getattr(completer, "backend", "torch"))
     resolver.check_feeds(completer.info)
     return resolver
 
 
+def _stage_names(super_resolution: bool) -> tuple[str, ...]:
+    return STAGES if super_resolution else tuple(s for s in STAGES if s != "super-resolution")
+
+
 def planned_stages(options: CompleteOptions, completer=None, super_resolver="auto") -> tuple[str, ...]:
     """The stages this run will go through (the progress lines count them): super-resolution only where there is one."""
-    from sparseskull.nets.catalogue import find_pair
-
     if super_resolver == "auto":
-        spec = options.super_resolution
-        runs = spec not in ("none", "auto") or (spec == "auto" and completer is None and find_pair(options.model) is not None)
-    else:
-        runs = super_resolver is not None
-    return STAGES if runs else tuple(s for s in STAGES if s != "super-resolution")
+        return _stage_names(super_resolution_spec(options, paired=completer is None) is not None)
+    return _stage_names(super_resolver is not None)
 
 
 def complete_skull(source, options: CompleteOptions | None = None, progress: Progress | None = None, completer=None,
@@ -184,7 +191,9 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     t_start = time.perf_counter()
     clock = [t_start]
 
-    stages = planned_stages(options, completer, super_resolver)
+    paired = completer is None  # a given completer takes no paired super-resolution model of its own
+    sr_spec = super_resolution_spec(options, paired) if super_resolver == "auto" else None
+    stages = _stage_names(sr_spec is not None if super_resolver == "auto" else super_resolver is not None)
 
     def stage(name: str) -> None:
         if progress is not None:
@@ -205,11 +214,10 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
             check_header(header, options)
         except InputError as exc:
             raise _names(source_name, exc) from None
-    paired = completer is None
     if completer is None:
         completer = NetworkCompleter(options.model, options.device, options.backend)
     if super_resolver == "auto":
-        super_resolver = super_resolver_for(options, completer, paired)
+        super_resolver = super_resolver_for(options, completer, spec=sr_spec)
     info = completer.info
     try:
         if header is not None:
@@ -379,7 +387,7 @@ def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None
     check_output(out)  # before the minutes of work, not after
     result = complete_skull(source, options, progress, completer, super_resolver)
     if progress is not None:
-        stages = planned_stages(options, completer, super_resolver)
+        stages = _stage_names(result.report["super_resolution"] is not None)  # what the run went through
         progress("write", stages.index("write"), len(stages))
     t0 = time.perf_counter()
     try:

@@ -87,7 +87,7 @@ class SuperResolver:
             raise InputError(f"the CT's voxels ({[round(s, 3) for s in skull.spacing_mm]} mm) are as coarse as {self.name}'s output grid: "
                              "there is nothing to super-resolve (run without --super-resolution)")
         fine_in, fgrid = fine_grid(skull, grid, coarse_out.shape, fine_factors)
-        nearest = to_fine(coarse_out, grid, fine_factors)[: fine_in.shape[0], : fine_in.shape[1], : fine_in.shape[2]]
+        nearest = to_fine(coarse_out, grid, fine_factors)  # on fine_in's grid: both cover the coarse grid's region
         ijk = np.argwhere(nearest)
         if len(ijk) == 0:
             raise InputError("the completed skull is empty on the model grid: nothing to super-resolve")
@@ -102,7 +102,7 @@ class SuperResolver:
         fine_out[tuple(pred.T)] = True
         # the implant's place is the completion's: within one coarse voxel of its coarse implant
         near = ndimage.binary_dilation(coarse_out & ~coarse_in, np.ones((3, 3, 3), bool))
-        region = to_fine(near, grid, fine_factors)[: fine_in.shape[0], : fine_in.shape[1], : fine_in.shape[2]]
+        region = to_fine(near, grid, fine_factors)
         completed = fine_in | (fine_out & region)
         spacing = [round(float(f * v), 3) for f, v in zip(fine_factors, skull.spacing_mm)]
         info = {"model": self.name, "from": self.info.input_resolution, "to": self.info.resolution, "factors": list(fine_factors),
