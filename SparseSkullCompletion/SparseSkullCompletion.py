@@ -195,6 +195,7 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             model=self.ui.modelComboBox.currentData,
             device=self.ui.deviceComboBox.currentData or "auto",
             backend=self.ui.backendComboBox.currentText or "torch",
+            passes=int(self.ui.passesSpinBox.value),
             clearance_mm=self.ui.clearanceSpinBox.value,
             min_depth_mm=self.ui.minDepthSpinBox.value,
             min_thickness_mm=self.ui.minThicknessSpinBox.value,

@@ -104,6 +104,64 @@ def _identity_resolver(fine_spacing, resolution=128, input_resolution=64):
     return SuperResolver("identity", model=IdentityNet(), info=info)
 
 
+class PointsNet:
+    """A stand-in network that outputs ``make(input voxel coordinates)``, in the coordinates it was given."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, x, tau=0.0, max_points=None):
+        from types import SimpleNamespace
+
+        import torch
+        from sparseskull.sparse.tensor import SparseTensor
+
+        ijk = np.asarray(self.make(x.coords[:, 1:].numpy()), np.int64).reshape(-1, 3)
+        coords = torch.from_numpy(np.concatenate([np.zeros((len(ijk), 1), np.int64), ijk], axis=1))
+        return SimpleNamespace(output=SparseTensor.from_coords(coords, torch.ones(len(coords), 1)))
+
+
+def _shell_box(shape=(20, 18, 16)) -> np.ndarray:
+    coarse = np.zeros(shape, bool)
+    coarse[4:15, 3:14, 5:12] = True
+    coarse[6:13, 5:12, 7:10] = False  # hollow, and not symmetric about the first axis's middle
+    return coarse
+
+
+def test_network_passes_undo_their_shifts_and_mirrors():
+    """A network that adds the voxel above each input voxel (it commutes with shifts and with mirroring the first axis)
+    gives the same completion in 1, 2, 4 or 8 passes: each pass's shift and mirror are undone exactly."""
+    from sparseskull.implant.network import run_network
+
+    coarse = _shell_box()
+    net = PointsNet(lambda ijk: ijk + np.array([0, 0, 1]))
+    expected = coarse.copy()
+    expected[:, :, 1:] |= coarse[:, :, :-1]
+    for passes in (1, 2, 4, 8):
+        assert np.array_equal(run_network(net, coarse, "torch", "cpu", 0.0, passes=passes), expected), passes
+
+
+def test_network_passes_keep_what_a_quarter_of_them_generate():
+    """A network that always outputs one fixed voxel of its own input frame: after each pass's shift and mirror are undone,
+    the 4 passes put it in 4 places (each kept: one vote of 4 suffices), and 8 passes put it in places that no 2 passes share
+    (none kept: 2 votes of 8 are needed)."""
+    from sparseskull.implant.network import PASS_OFFSETS, pass_votes, run_network
+
+    coarse = _shell_box()
+    p = np.array([2, 3, 2])
+    net = PointsNet(lambda ijk: p[None])
+    mirror = lambda q: np.array([coarse.shape[0] - 1 - q[0], q[1], q[2]])  # noqa: E731
+    places = {tuple(p - PASS_OFFSETS[i]) if i % 2 == 0 else tuple(mirror(p - PASS_OFFSETS[i])) for i in range(4)}
+    assert len(places) == 4 and pass_votes(4) == 1 and pass_votes(8) == 2
+    four = run_network(net, coarse, "torch", "cpu", 0.0, passes=4)
+    assert {tuple(q) for q in np.argwhere(four & ~coarse)} == places
+    assert np.array_equal(run_network(net, coarse, "torch", "cpu", 0.0, passes=8), coarse)
+    with pytest.raises(ValueError, match="passes must be between 1 and 8"):
+        run_network(net, coarse, "torch", "cpu", 0.0, passes=9)
+    with pytest.raises(ValueError, match="passes must be between 1 and 8"):
+        CompleteOptions(passes=0)
+
+
 @pytest.mark.slow
 def test_super_resolution_stage_keeps_the_implant_in_patient_space(tmp_path, sample):
     """The known-answer pipeline with a super-resolution step: an identity network on the finer grid (half the model's
@@ -428,7 +486,8 @@ def test_automatic_threshold_finds_the_bone(sample):
 @pytest.mark.parametrize("options", [
     CompleteOptions(),
     CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
-                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, span_opening=False, drop_mandible=True, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2),
+                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, span_opening=False, drop_mandible=True, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2,
+                    passes=8),
 ], ids=["defaults", "every-flag"])
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""

@@ -412,8 +412,9 @@ def test_the_widget_wires_the_panel_to_the_logic(scene, tmp_path, monkeypatch):
     ui.modelComboBox.currentData, ui.deviceComboBox.currentData, ui.backendComboBox.currentText = None, "cpu", "torch"
     ui.clearanceSpinBox.value, ui.minDepthSpinBox.value, ui.smoothingSpinBox.value = 0.0, 10.0, 20
     ui.minThicknessSpinBox.value, ui.behindBoneCheckBox.checked, ui.spanCheckBox.checked = 0.0, True, True
-    ui.mandibleCheckBox.checked = False
+    ui.mandibleCheckBox.checked, ui.passesSpinBox.value = False, 2
     ui.thresholdSlider.enabled = True
+    assert widget.currentOptions().passes == 2
 
     widget.onInputChanged(node)
     assert ui.applyButton.enabled is True and "Ready" in ui.statusLabel.text

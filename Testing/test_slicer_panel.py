@@ -71,6 +71,10 @@ def test_the_panel_renders_with_the_choices_of_this_machine(app, tmp_path):
     assert panel.findChild(QtWidgets.QComboBox, "backendComboBox").itemText(0) == "torch"
     assert panel.findChild(QtWidgets.QLabel, "statusLabel").text().startswith("Ready")
     assert panel.findChild(QtWidgets.QPushButton, "applyButton").text() == "Complete skull"
+    from sparseskull.implant.options import MAX_PASSES, CompleteOptions
+
+    passes = panel.findChild(QtWidgets.QSpinBox, "passesSpinBox")  # the command line's default, and its range
+    assert (passes.value(), passes.minimum(), passes.maximum()) == (CompleteOptions().passes, 1, MAX_PASSES)
 
 
 @pytest.mark.slow

@@ -57,7 +57,8 @@ def _cmd_demo(args) -> int:
     from sparseskull.evaluation.demo import run_demo
 
     report = run_demo(args.out, threshold_hu=args.threshold_hu, picture=not args.no_picture, model=args.model, device=args.device,
-                      backend=args.backend, progress=_stage_printer(), span_opening=not args.no_span)
+                      backend=args.backend, progress=_stage_printer(), span_opening=not args.no_span,
+                      passes=args.passes)
     truth = report["vs_truth"]
     hd95 = "-" if truth["implant_hd95_mm"] is None else f"{truth['implant_hd95_mm']:.2f} mm"
     print(f"against the sample's ground truth: implant DSC {truth['implant_dsc']:.3f}, bDSC {truth['implant_bdsc']:.3f}, HD95 {hd95}; "
@@ -122,7 +123,8 @@ def _cmd_evaluate(args) -> int:
               + ", ".join(f"{k} {summary[k]:.4f}" for k in SR_METRICS))
         print(f"report: {args.out}/report.md, per skull: {args.out}/cases.csv")
         return 0
-    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads, span_opening=not args.no_span)
+    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads, span_opening=not args.no_span,
+                              passes=args.passes)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
                        baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model,
                        record=args.record)
@@ -272,7 +274,7 @@ def _cmd_info(args) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    _option_arguments(p, ("model", "device", "backend"))
+    _option_arguments(p, ("model", "passes", "device", "backend"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,10 +48,13 @@ def compare_with_truth(result: CompletionResult, truth_implant, truth_complete, 
 
 
 def run_demo(out: str | os.PathLike = "demo_out", threshold_hu: float | str = DEFAULT_THRESHOLD_HU, picture: bool = True,
-             model: str | None = None, device: str = "auto", backend: str = "torch", progress=None, span_opening: bool = True) -> dict:
-    """Complete the bundled sample CT; write the implant STL, masks, preview and report to ``out``."""
+             model: str | None = None, device: str = "auto", backend: str = "torch", progress=None, span_opening: bool = True,
+             passes: int | None = None) -> dict:
+    """Complete the bundled sample CT; write the implant STL, masks, preview and report to ``out``; ``passes``: the
+    network passes (default: CompleteOptions' default)."""
     sample = load_sample()
-    options = CompleteOptions(threshold_hu=threshold_hu, model=model, device=device, backend=backend, preview=picture, span_opening=span_opening)
+    options = CompleteOptions(threshold_hu=threshold_hu, model=model, device=device, backend=backend, preview=picture, span_opening=span_opening,
+                              **({} if passes is None else {"passes": passes}))
 
     def truth(result: CompletionResult) -> dict:
         return {"sample": sample.info.get("what", "generated CT"), "vs_truth": compare_with_truth(result, sample.implant, sample.complete, sample.defective)}

@@ -189,7 +189,7 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
     from sparseskull.implant.pipeline import super_resolver_for
 
     model = model if model is not None else options.model
-    completer = NetworkCompleter(model, options.device, options.backend)
+    completer = NetworkCompleter(model, options.device, options.backend, passes=options.passes)
     resolver = super_resolver_for(replace(options, model=model), completer)  # a pair's, or --super-resolution's
     dense = None
     if "dense" in baselines:
@@ -251,7 +251,7 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
         "model": summary["model"],  # "completion + super-resolution" for a pair (recorded beside the super-resolution model)
         "cases": case_ids,
         **({"network_alone": {k: None if v is None else round(v, 4) for k, v in summary["network_alone"].items()}} if "network_alone" in summary else {}),
-        "pipeline": {"min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
+        "pipeline": {"passes": options.passes, "min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
                      "min_implant_mm3": options.min_implant_mm3,
                      "clearance_mm": options.clearance_mm, "min_thickness_mm": options.min_thickness_mm},
         "medians": {k: None if stats[k]["median"] is None else round(stats[k]["median"], 4) for k in ("implant_dsc", "implant_bdsc", "implant_hd95_mm")},
@@ -376,7 +376,8 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
         summary["network_alone"] = {key: stats[f"network_{key}"]["mean"] for key in METRICS}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name + (f" + {resolver.name}" if resolver is not None else ""),
                     "model_path": str(completer.path), "super_resolution": resolver.name if resolver is not None else None,
-                    "device": str(completer.device), "backend": completer.backend, "span_opening": options.span_opening, "statistics": stats})
+                    "device": str(completer.device), "backend": completer.backend, "passes": completer.passes, "span_opening": options.span_opening,
+                    "statistics": stats})
     _write_table(rows, summary, stage)
     alone = [("network alone", "network_")] if "network_alone" in summary else []
     methods = alone + [(summary["model"] + (" spanned" if alone else ""), "")] + [(b, f"{b}_") for b in baselines]
@@ -384,6 +385,7 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
     _boxplots(rows, stage / "boxplots.png", f"{name} on {len(rows)} cases of {Path(data).name}", methods)
     lines = [f"# Evaluation of `{name}` on {len(rows)} cases of `{data}`", "",
              "Each defective skull went through the `sparseskull complete` pipeline on its full grid"
+             + (f", the network voting over {completer.passes} passes (`--passes`)" if completer.passes > 1 else "")
              + (", the opening spanned (`fill.span_defect`)." if options.span_opening else ", without spanning the opening (`--no-span`)."), "",
              "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
     for key, s in stats.items():

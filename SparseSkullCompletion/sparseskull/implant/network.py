@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparseskull.implant.options import InputError
+from sparseskull.implant.options import MAX_PASSES, InputError
 
 if TYPE_CHECKING:
     from sparseskull.implant.grid import ModelGrid
@@ -28,16 +28,44 @@ def network_points(model, ijk: np.ndarray, backend: str, device, tau: float, max
     return from_backend(out.output).coords[:, 1:].cpu().numpy() if out.output is not None else np.zeros((0, 3), int)
 
 
-def run_network(model, coarse: np.ndarray, backend: str, device, tau: float) -> np.ndarray:
-    """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4)."""
+# The network's output depends on where the skull sits on its stride-2 to stride-64 grids, and it misses different
+# parts of a defect at different placements. So "Complete skull" may run it more than once: pass i on the skull
+# shifted by PASS_OFFSETS[i] voxels, every odd pass mirrored along the array's first axis (the left-right mirror that
+# training augments with), and keep a generated voxel that at least a quarter of the passes generate (test-time
+# augmentation; chosen on the validation split, docs/models.md).
+PASS_OFFSETS = ((0, 0, 0), (0, 0, 0), (1, 1, 1), (1, 1, 1), (2, 0, 1), (3, 2, 0), (0, 3, 2), (2, 1, 3))
+assert len(PASS_OFFSETS) == MAX_PASSES
+
+
+def pass_votes(passes: int) -> int:
+    """How many of ``passes`` must generate a voxel for it to be kept: a quarter of them, at least one."""
+    return max(1, passes // 4)
+
+
+def run_network(model, coarse: np.ndarray, backend: str, device, tau: float, passes: int = 1) -> np.ndarray:
+    """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4), voted over
+    ``passes`` shifted and mirrored passes (1: one pass on the skull as it is)."""
+    if not 1 <= passes <= MAX_PASSES:
+        raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
     ijk = np.argwhere(coarse)
     if len(ijk) == 0:
         raise InputError("the skull vanishes at the model's resolution (too thin or too small for this model)")
-    pred = network_points(model, ijk, backend, device, tau)
-    inside = np.all((pred >= 0) & (pred < np.array(coarse.shape)), axis=1)
-    completed = coarse.copy()
-    completed[tuple(pred[inside].T)] = True
-    return completed
+    shape = np.array(coarse.shape)
+    votes = np.zeros(coarse.shape, np.uint8)
+    for i in range(passes):
+        offset = np.array(PASS_OFFSETS[i])
+        mirror = i % 2 == 1
+        inputs = ijk.copy()
+        if mirror:
+            inputs[:, 0] = shape[0] - 1 - inputs[:, 0]
+        pred = network_points(model, inputs + offset, backend, device, tau) - offset
+        if mirror:
+            pred[:, 0] = shape[0] - 1 - pred[:, 0]
+        inside = np.all((pred >= 0) & (pred < shape), axis=1)
+        hit = np.zeros(coarse.shape, bool)  # a pass's output may hold a voxel once only; a vote per pass
+        hit[tuple(pred[inside].T)] = True
+        votes += hit
+    return coarse | (votes >= pass_votes(passes))
 
 
 class NetworkCompleter:
@@ -45,7 +73,8 @@ class NetworkCompleter:
     path, or None for the default), on a device and a sparse backend. ``architectures``: those accepted
     (default: the sparse network only; the dense baseline must be asked for)."""
 
-    def __init__(self, spec=None, device: str = "auto", backend: str = "torch", architectures: tuple[str, ...] | None = None):
+    def __init__(self, spec=None, device: str = "auto", backend: str = "torch", architectures: tuple[str, ...] | None = None,
+                 passes: int = 1):
         from sparseskull.nets.catalogue import resolve_model
         from sparseskull.nets.files import DENSE, SPARSE, load_model
         from sparseskull.runtime import pick_device
@@ -63,11 +92,14 @@ class NetworkCompleter:
         if self.info.spacing_mm is None:
             raise InputError(f"{self.path}: the model file does not say its voxel spacing, so the CT cannot be brought to its grid")
         self.name = Path(self.path).stem
+        if not 1 <= passes <= MAX_PASSES:
+            raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
+        self.passes = 1 if self.dense else passes  # the dense baseline runs once
 
     def __call__(self, coarse: np.ndarray, grid: "ModelGrid | None" = None) -> np.ndarray:
         if self.dense:
             from sparseskull.nets.dense_net import complete_dense
 
             return complete_dense(self.model, coarse, device=self.device)
-        return run_network(self.model, coarse, self.backend, self.device, self.info.tau)
+        return run_network(self.model, coarse, self.backend, self.device, self.info.tau, self.passes)
 

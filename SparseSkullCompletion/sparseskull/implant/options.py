@@ -17,6 +17,9 @@ STAGES = ("read", "skull", "model grid", "network", "super-resolution", "CT grid
 INPUT_KINDS = ("auto", "ct", "mask")
 
 
+MAX_PASSES = 8  # the network passes one run may vote over (implant/network.py shifts and mirrors each)
+
+
 DEFAULT_MIN_DEPTH_MM = 10.0
 
 
@@ -46,6 +49,8 @@ class CompleteOptions:
     super_resolution: str = _opt("auto", "--super-resolution", "a super-resolution model (name or path) run on the completed skull "
                                  "before the implant is taken; auto: the one --model is paired with (`sparseskull models`), if any; "
                                  "none: off", type=str)
+    passes: int = _opt(1, "--passes", "network passes, each on the skull shifted by a few voxels and every other one mirrored; "
+                       "a generated voxel is kept when a quarter of them generate it (1 to 8)", type=int)
     device: str = _opt("auto", "--device", "auto, cpu, cuda, cuda:1, mps")
     backend: str = _opt("torch", "--backend", "sparse engine (the command line offers sparseskull.sparse.backends.BACKENDS)")
     min_implant_mm3: float = _opt(100.0, "--min-implant-mm3", "drop implant pieces smaller than this")
@@ -83,6 +88,8 @@ class CompleteOptions:
             raise ValueError("the minimum implant volume, depth and thickness and the clearance cannot be negative")
         if self.max_extent <= 0 or self.max_voxels < 0:
             raise ValueError("the maximum extent must be positive and the maximum voxel count cannot be negative")
+        if not 1 <= self.passes <= MAX_PASSES:
+            raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {self.passes}")
         if not 0 <= self.decimate < 1:
             raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
 

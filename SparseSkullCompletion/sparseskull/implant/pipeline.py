@@ -215,7 +215,7 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
         except InputError as exc:
             raise _names(source_name, exc) from None
     if completer is None:
-        completer = NetworkCompleter(options.model, options.device, options.backend)
+        completer = NetworkCompleter(options.model, options.device, options.backend, passes=options.passes)
     if super_resolver == "auto":
         super_resolver = super_resolver_for(options, completer, spec=sr_spec)
     info = completer.info
@@ -294,7 +294,8 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
         **skull_info,
         "skull_volume_cm3": round(float(skull.array.sum()) * vox_cm3, 3),
         "model": {"path": str(getattr(completer, "path", "")), "name": completer.name, "resolution": info.resolution, "spacing_mm": list(info.spacing_mm),
-                  "channels": list(info.channels), "tau": info.tau, "validation": info.metrics},
+                  "channels": list(info.channels), "tau": info.tau, "validation": info.metrics,
+                  "passes": getattr(completer, "passes", 1)},
         "model_grid": {"shape": [int(n) for n in coarse_in.shape], "factors": list(grid.factors), "spacing_mm": coarse_spacing,
                        "input_points": int(coarse_in.sum()), "completed_points": int(coarse_out.sum()),
                        "generated_points": int((coarse_out & ~coarse_in).sum())},
