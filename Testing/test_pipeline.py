@@ -96,12 +96,12 @@ class IdentityNet:
         return SimpleNamespace(output=x)
 
 
-def _identity_resolver(fine_spacing, resolution=128, input_resolution=64):
+def _identity_resolver(fine_spacing, resolution=128, input_resolution=64, passes=1):
     from sparseskull.implant.superres import SuperResolver
 
     info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=resolution, input_resolution=input_resolution,
                      spacing_mm=fine_spacing)
-    return SuperResolver("identity", model=IdentityNet(), info=info)
+    return SuperResolver("identity", model=IdentityNet(), info=info, passes=passes)
 
 
 class PointsNet:
@@ -194,6 +194,20 @@ def test_a_flooding_super_resolution_network_stops_at_the_point_cap(sample):
     coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
     with pytest.raises(InputError, match="super-resolution with flood stopped: the generative layer .* over the cap"):
         resolver(skull, coarse, coarse, grid)
+
+
+def test_super_resolution_passes_undo_their_shifts_and_mirrors(sample):
+    """The super-resolution stage voting over 8 shifted and mirrored passes of an identity network gives what one pass gives:
+    the completed skull upsampled, each pass's shift and mirror undone exactly."""
+    from sparseskull.implant.superres import sr_votes
+
+    skull = sample.complete
+    coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
+    fine_spacing = tuple(s / 2 for s in SPACING_64)
+    one = _identity_resolver(fine_spacing)(skull, coarse, coarse, grid)
+    eight = _identity_resolver(fine_spacing, passes=8)(skull, coarse, coarse, grid)
+    assert sr_votes(8) == 4 and eight[3]["passes"] == 8
+    assert np.array_equal(one[1], eight[1]) and eight[3]["output_points"] == one[3]["output_points"] == one[3]["input_points"]
 
 
 def test_super_resolution_model_must_take_the_completion_grid(sample):

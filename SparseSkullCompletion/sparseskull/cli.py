@@ -118,7 +118,7 @@ def _cmd_evaluate(args) -> int:
 
             torch.set_num_threads(args.threads)
         summary = evaluate_sr(args.data, args.out, args.model, cases=args.cases, limit=args.limit, device=args.device,
-                              backend=args.backend, json_path=args.json)
+                              backend=args.backend, json_path=args.json, passes=args.passes)
         print(f"{summary['model']} (super-resolution {summary['from']} -> {summary['to']}) on {summary['cases']} skulls: "
               + ", ".join(f"{k} {summary[k]:.4f}" for k in SR_METRICS))
         print(f"report: {args.out}/report.md, per skull: {args.out}/cases.csv")

@@ -266,13 +266,15 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
 SR_METRICS = ("sr_dsc", "interp_dsc", "nearest_dsc")
 
 
-def score_sr_case(case, model, info, device, backend: str = "torch") -> dict:
+def score_sr_case(case, model, info, device, backend: str = "torch", passes: int = 1) -> dict:
     """One complete skull, as the paper scores super-resolution: its copy at the model's input resolution,
     upsampled to the model's resolution (nearest: the network's input) and completed there by the
-    network, against the copy at the model's resolution; beside it the trilinear interpolation baseline."""
+    network (voting over ``passes`` as the pipeline's stage does), against the copy at the model's resolution; beside it
+    the trilinear interpolation baseline."""
     from sparseskull.data.pairs import read_at, upsample_nearest
     from sparseskull.data.resample import upsample_linear
-    from sparseskull.implant.network import network_points
+    from sparseskull.implant.network import voted_points
+    from sparseskull.implant.superres import sr_votes
 
     t0 = time.perf_counter()
     fine = np.asarray(read_at(case.complete, info.resolution).array, bool)
@@ -282,16 +284,13 @@ def score_sr_case(case, model, info, device, backend: str = "torch") -> dict:
     ijk = np.argwhere(nearest)
     # the skull's corner where training put it (a few voxels in, as the pipeline's model grid does): a network with
     # six stride-2 levels answers differently when its input moves by other than a multiple of 64 voxels
-    shift = ijk.min(axis=0) - GRID_MARGIN
-    c = network_points(model, ijk - shift, backend, device, info.tau) + shift
-    pred = np.zeros_like(fine)
-    pred[tuple(c[np.all((c >= 0) & (c < np.array(fine.shape)), axis=1)].T)] = True
+    pred = voted_points(model, ijk, fine.shape, backend, device, info.tau, passes, corner=GRID_MARGIN) >= sr_votes(passes)
     return {"case": case.case_id, "defect_class": "", "sr_dsc": dice(pred, fine), "interp_dsc": dice(upsample_linear(coarse, factor, fine.shape), fine),
             "nearest_dsc": dice(nearest, fine), "sr_re": reconstruction_error(pred, fine), "seconds": time.perf_counter() - t0}
 
 
 def evaluate_sr(data, out, model: str | None, cases: list[str] | None = None, limit: int | None = None, device: str = "auto",
-                backend: str = "torch", json_path: str | None = None, progress: bool = True) -> dict:
+                backend: str = "torch", json_path: str | None = None, progress: bool = True, passes: int = 1) -> dict:
     """Score a super-resolution model on the complete skulls of a data set (one row per skull): ``sr_dsc``
     against the interpolation baseline ``interp_dsc`` (and ``nearest_dsc``, the network's own input)."""
     from sparseskull.nets.catalogue import resolve_model
@@ -316,11 +315,11 @@ def evaluate_sr(data, out, model: str | None, cases: list[str] | None = None, li
         from tqdm import tqdm
 
         iterator = tqdm(found, desc="evaluate super-resolution", unit="skull")
-    rows = [score_sr_case(c, net, info, dev, backend) for c in iterator]
+    rows = [score_sr_case(c, net, info, dev, backend, passes) for c in iterator]
     stats = summarise(rows)
     name = Path(path).stem
     summary = {**{k: stats[k]["mean"] for k in SR_METRICS}, "cases": len(rows), "data": str(data), "model": name, "model_path": str(path),
-               "task": "super-resolution", "from": info.input_resolution, "to": info.resolution, "device": str(dev), "backend": backend,
+               "task": "super-resolution", "from": info.input_resolution, "to": info.resolution, "device": str(dev), "backend": backend, "passes": passes,
                "statistics": stats}
     with staged_output(Path(out)) as stage:
         _write_table(rows, summary, stage)

@@ -29,43 +29,59 @@ def network_points(model, ijk: np.ndarray, backend: str, device, tau: float, max
 
 
 # The network's output depends on where the skull sits on its stride-2 to stride-64 grids, and it misses different
-# parts of a defect at different placements. So "Complete skull" may run it more than once: pass i on the skull
-# shifted by PASS_OFFSETS[i] voxels, every odd pass mirrored along the array's first axis (the left-right mirror that
-# training augments with), and keep a generated voxel that at least a quarter of the passes generate (test-time
-# augmentation; chosen on the validation split, docs/models.md).
+# parts of a skull at different placements. So both networks may run more than once (test-time augmentation): pass i
+# on the skull shifted by PASS_OFFSETS[i] voxels, every odd pass mirrored along the array's first axis (the
+# left-right mirror training augments with), and each output voxel counts the passes that put it there. Completion
+# keeps a generated voxel that a quarter of the passes generate, super-resolution a voxel that half of them keep
+# (chosen on the validation split, docs/models.md).
 PASS_OFFSETS = ((0, 0, 0), (0, 0, 0), (1, 1, 1), (1, 1, 1), (2, 0, 1), (3, 2, 0), (0, 3, 2), (2, 1, 3))
 assert len(PASS_OFFSETS) == MAX_PASSES
 
 
 def pass_votes(passes: int) -> int:
-    """How many of ``passes`` must generate a voxel for it to be kept: a quarter of them, at least one."""
+    """How many of ``passes`` must generate a voxel for completion to keep it: a quarter of them, at least one."""
     return max(1, passes // 4)
+
+
+def check_passes(passes: int) -> int:
+    if not 1 <= passes <= MAX_PASSES:
+        raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
+    return passes
+
+
+def voted_points(model, ijk: np.ndarray, shape, backend: str, device, tau: float, passes: int = 1, corner: int | None = None,
+                 max_points: int | None = None) -> np.ndarray:
+    """Per voxel of a grid of ``shape``, how many of ``passes`` shifted and mirrored passes of the network over the input
+    voxels ``ijk`` output it. ``corner``: first move the input's bounding-box corner to this many voxels from the
+    origin (where training put it: the super-resolution crops), else the passes shift the grid as it is."""
+    check_passes(passes)
+    shape = np.asarray(shape)
+    votes = np.zeros(tuple(int(n) for n in shape), np.uint8)
+    for i in range(passes):
+        inputs = ijk.copy()
+        mirror = i % 2 == 1
+        if mirror:
+            inputs[:, 0] = shape[0] - 1 - inputs[:, 0]
+        base = inputs.min(axis=0) - corner if corner is not None else np.zeros(3, np.int64)
+        shift = base - np.asarray(PASS_OFFSETS[i])  # the network sees inputs - shift
+        pred = network_points(model, inputs - shift, backend, device, tau, max_points=max_points) + shift
+        if mirror:
+            pred[:, 0] = shape[0] - 1 - pred[:, 0]
+        pred = pred[np.all((pred >= 0) & (pred < shape), axis=1)]
+        hit = np.zeros(votes.shape, bool)  # one vote per pass, however often a pass lists a voxel
+        hit[tuple(pred.T)] = True
+        votes += hit
+    return votes
 
 
 def run_network(model, coarse: np.ndarray, backend: str, device, tau: float, passes: int = 1) -> np.ndarray:
     """Complete a coarse skull: the input voxels plus those the network generates (paper Eq. 4), voted over
     ``passes`` shifted and mirrored passes (1: one pass on the skull as it is)."""
-    if not 1 <= passes <= MAX_PASSES:
-        raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
+    check_passes(passes)
     ijk = np.argwhere(coarse)
     if len(ijk) == 0:
         raise InputError("the skull vanishes at the model's resolution (too thin or too small for this model)")
-    shape = np.array(coarse.shape)
-    votes = np.zeros(coarse.shape, np.uint8)
-    for i in range(passes):
-        offset = np.array(PASS_OFFSETS[i])
-        mirror = i % 2 == 1
-        inputs = ijk.copy()
-        if mirror:
-            inputs[:, 0] = shape[0] - 1 - inputs[:, 0]
-        pred = network_points(model, inputs + offset, backend, device, tau) - offset
-        if mirror:
-            pred[:, 0] = shape[0] - 1 - pred[:, 0]
-        inside = np.all((pred >= 0) & (pred < shape), axis=1)
-        hit = np.zeros(coarse.shape, bool)  # a pass's output may hold a voxel once only; a vote per pass
-        hit[tuple(pred[inside].T)] = True
-        votes += hit
-    return coarse | (votes >= pass_votes(passes))
+    return coarse | (voted_points(model, ijk, coarse.shape, backend, device, tau, passes) >= pass_votes(passes))
 
 
 class NetworkCompleter:
@@ -92,9 +108,7 @@ class NetworkCompleter:
         if self.info.spacing_mm is None:
             raise InputError(f"{self.path}: the model file does not say its voxel spacing, so the CT cannot be brought to its grid")
         self.name = Path(self.path).stem
-        if not 1 <= passes <= MAX_PASSES:
-            raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
-        self.passes = 1 if self.dense else passes  # the dense baseline runs once
+        self.passes = 1 if self.dense else check_passes(passes)  # the dense baseline runs once
 
     def __call__(self, coarse: np.ndarray, grid: "ModelGrid | None" = None) -> np.ndarray:
         if self.dense:

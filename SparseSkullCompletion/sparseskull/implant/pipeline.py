@@ -156,7 +156,7 @@ def super_resolver_for(options: CompleteOptions, completer, paired: bool = True,
     spec = super_resolution_spec(options, paired) if spec == "auto" else spec
     if spec is None:
         return None
-    resolver = SuperResolver(spec, completer.device, getattr(completer, "backend", "torch"))
+    resolver = SuperResolver(spec, completer.device, getattr(completer, "backend", "torch"), passes=options.passes)
     resolver.check_feeds(completer.info)
     return resolver
 

@@ -17,11 +17,16 @@ from scipy import ndimage
 
 from sparseskull.data.volume import Volume
 from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, block_fraction, model_factors
-from sparseskull.implant.network import network_points
+from sparseskull.implant.network import check_passes, voted_points
 from sparseskull.implant.options import InputError
 from sparseskull.sparse.functional import PointExplosionError
 
 POINT_CAP = 4  # a decoder level may hold at most this many times the input's points: the skull on a finer grid, not a flood
+
+
+def sr_votes(passes: int) -> int:
+    """How many of ``passes`` must keep a voxel for super-resolution to keep it: half of them (rounded up)."""
+    return (passes + 1) // 2
 
 
 def nearest_index(n_fine: int, fine_factor: int, coarse_factor: int, n_coarse: int) -> np.ndarray:
@@ -56,13 +61,15 @@ def fine_grid(skull: Volume, grid: ModelGrid, coarse_shape, fine_factors) -> tup
 class SuperResolver:
     """A super-resolution model file as the pipeline's stage after completion (``spec``: a shipped model's name or a path)."""
 
-    def __init__(self, spec, device="cpu", backend: str = "torch", model=None, info=None):
-        """``model`` and ``info``: a network in memory instead of a file (``spec`` then only names it)."""
+    def __init__(self, spec, device="cpu", backend: str = "torch", model=None, info=None, passes: int = 1):
+        """``model`` and ``info``: a network in memory instead of a file (``spec`` then only names it); ``passes``: network
+        passes, shifted and mirrored, a voxel kept where half of them keep it (implant/network.py)."""
         from sparseskull.nets.catalogue import resolve_model
         from sparseskull.nets.files import load_model
 
         self.device = device
         self.backend = backend
+        self.passes = check_passes(passes)
         if model is None:
             self.path = resolve_model(spec)
             self.model, self.info = load_model(self.path, device=device)
@@ -92,21 +99,21 @@ class SuperResolver:
         if len(ijk) == 0:
             raise InputError("the completed skull is empty on the model grid: nothing to super-resolve")
         # the skull's corner where training put it (a few voxels in): a six-level network answers differently per alignment
-        shift = ijk.min(axis=0) - GRID_MARGIN
         try:
-            pred = network_points(self.model, ijk - shift, self.backend, self.device, self.info.tau, max_points=POINT_CAP * len(ijk)) + shift
+            votes = voted_points(self.model, ijk, nearest.shape, self.backend, self.device, self.info.tau, self.passes,
+                                 corner=GRID_MARGIN, max_points=POINT_CAP * len(ijk))
         except PointExplosionError as exc:
             raise InputError(f"super-resolution with {self.name} stopped: {exc}") from None
-        fine_out = np.zeros(fine_in.shape, bool)
-        pred = pred[np.all((pred >= 0) & (pred < np.array(fine_out.shape)), axis=1)]
-        fine_out[tuple(pred.T)] = True
+        fine_out = votes >= sr_votes(self.passes)
+        assert fine_out.shape == fine_in.shape  # both cover the coarse grid's region on the fine grid
         # the implant's place is the completion's: within one coarse voxel of its coarse implant
         near = ndimage.binary_dilation(coarse_out & ~coarse_in, np.ones((3, 3, 3), bool))
         region = to_fine(near, grid, fine_factors)
         completed = fine_in | (fine_out & region)
         spacing = [round(float(f * v), 3) for f, v in zip(fine_factors, skull.spacing_mm)]
         info = {"model": self.name, "from": self.info.input_resolution, "to": self.info.resolution, "factors": list(fine_factors),
-                "shape": [int(n) for n in fine_in.shape], "input_points": int(len(ijk)), "output_points": int(len(pred)),
+                "shape": [int(n) for n in fine_in.shape], "input_points": int(len(ijk)), "output_points": int(fine_out.sum()),
+                "passes": self.passes,
                 "implant_points": int((completed & ~fine_in).sum()), "spacing_mm": spacing}
         if max(abs(a / b - 1) for a, b in zip(spacing, self.info.spacing_mm)) > 0.25:
             info["warning"] = (f"the CT's spacing does not divide into {self.name}'s: its grid has {spacing} mm voxels, the model was "
