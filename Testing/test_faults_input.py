@@ -231,6 +231,15 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_run(tmp_path):
     assert target.read_text() == "a file the user keeps\n" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("passes", ["0", "9"])
+def test_a_pass_count_out_of_range_is_refused_before_the_run(tmp_path, passes):
+    out = tmp_path / "out"
+    run = _complete(tmp_path, CT, "--out", out, "--passes", passes, *FAST)
+    assert run.returncode == 1
+    assert _error_line(run) == f"sparseskull complete: error: passes must be between 1 and 8; got {passes}"
+    assert "[1/" not in run.stderr and not out.exists() and not list(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="run as root: chmod does not stop root (os.access says writable), so a read-only "
                                                "folder cannot be made here")
 def test_an_output_in_a_read_only_folder_is_refused(tmp_path):
