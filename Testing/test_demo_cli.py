@@ -131,8 +131,8 @@ def test_models_lists_the_full_grid_scores_beside_each_model(tmp_path, monkeypat
     assert not any(m.baseline for m in available_models()), "but is never offered for completing a skull (Slicer's list)"
 
 
-def test_demo_takes_no_span_for_the_networks_own_implant(monkeypatch):
-    """`sparseskull demo --no-span` runs the demo with spanning off (the README's network-alone figure on the sample)."""
+def test_demo_gives_the_networks_own_implant_and_spans_on_request(monkeypatch):
+    """`sparseskull demo` keeps the network's own implant; `--span` spans the opening (the README's two figures on the sample)."""
     import sparseskull.evaluation.demo as demo
     from sparseskull.cli import main
 
@@ -143,9 +143,9 @@ def test_demo_takes_no_span_for_the_networks_own_implant(monkeypatch):
         raise ValueError("stop here")
 
     monkeypatch.setattr(demo, "run_demo", fake)
-    assert main(["demo", "--no-span", "--out", "/nonexistent/x"]) == 1
-    assert seen["span_opening"] is False
-    assert main(["demo", "--out", "/nonexistent/x"]) == 1 and seen["span_opening"] is True
+    assert main(["demo", "--span", "--out", "/nonexistent/x"]) == 1
+    assert seen["span_opening"] is True
+    assert main(["demo", "--out", "/nonexistent/x"]) == 1 and seen["span_opening"] is False
 
 
 def test_a_pair_is_one_model_choice_with_a_super_resolution_stage(tmp_path, monkeypatch, capsys):

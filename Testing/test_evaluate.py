@@ -35,9 +35,10 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     for key in METRICS:
         assert key in summary
     assert summary["cases"] == 2
-    # a floor a broken network does not reach: measured implant DSC 0.725 (cases 0.862, 0.587) with the shipped model; an untrained
-    # network of the same shape scores 0.0 (it adds nothing, and the spanned opening then has nothing to span)
-    assert summary["implant_dsc"] > 0.5, summary["implant_dsc"]
+    # floors a broken network does not reach: measured with the shipped model (8 passes) implant DSC 0.492 for its own implant
+    # (cases 0.285, 0.699: generated skulls are not the real ones it learned) and 0.725 spanned; an untrained network of the same
+    # shape scores 0.0 in both (it adds nothing, and the spanned opening then has nothing to span)
+    assert summary["implant_dsc"] > 0.35 and summary["spanned"]["implant_dsc"] > 0.6, (summary["implant_dsc"], summary["spanned"])
     assert summary["model"] == default_model_name()
     assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases", "cases.csv", "report.md", "summary.json"]
     pictures = sorted((out / "cases").iterdir())  # one side-by-side picture, as asked
@@ -52,21 +53,29 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     with open(out / "cases.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]["defect_class"] == "bilateral"
-    # the completed skull must beat the defective input alone (which already scores 0.95 against the complete skull): measured
-    # completion 0.987 and 0.964 against the input's 0.953 and 0.957 (+0.022 on average); the untrained network gives +0.000
-    gain = [float(r["completion_dsc"]) - float(r["input_alone_dsc"]) for r in rows]
+    # the spanned completed skull must beat the defective input alone (which already scores 0.95 against the complete skull):
+    # measured 0.987 and 0.964 against the input's 0.953 and 0.957 (+0.022 on average); the untrained network gives +0.000. The
+    # network's own completion does not on the first of these generated skulls (0.923: bone added along its vault, 0.937 in one
+    # pass), which the reach filter and spanning drop
+    gain = [float(r["spanned_completion_dsc"]) - float(r["input_alone_dsc"]) for r in rows]
     assert min(gain) > 0 and np.mean(gain) > 0.01, gain
     assert summary["completion_dsc"] == pytest.approx(np.mean([float(r["completion_dsc"]) for r in rows]), abs=1e-5)
     assert float(rows[0]["truth_implant_cm3"]) > 1
     report = (out / "report.md").read_text()
     assert "| implant_dsc |" in report and "| bilateral | 2 |" in report and f"](cases/{pictures[0].name})" in report
     assert set(summary["by_class"]) == {"bilateral"} and summary["by_class"]["bilateral"]["implant_dsc"] == pytest.approx(summary["implant_dsc"])
-    assert summary["span_opening"] is True and "the opening spanned" in report
-    plain = tmp_path / "plain.json"
-    run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(tmp_path / "plain"), "--limit", "1", "--pictures", "0",
-                          "--no-span", "--json", str(plain)], capture_output=True, text=True)
+    # the network's own implant by default, the spanned plate scored beside it (what --span would add)
+    assert summary["span_opening"] is False and "the network's own implant (without `--span`)" in report
+    assert set(summary["spanned"]) == {"completion_dsc", "completion_re", "implant_dsc", "implant_bdsc", "implant_hd95_mm"}
+    assert "| spanned (--span) |" in report and "spanned_implant_dsc" in rows[0]
+    spanned = tmp_path / "spanned.json"
+    run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(tmp_path / "spanned"), "--limit", "1", "--pictures", "0",
+                          "--span", "--json", str(spanned)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert json.loads(plain.read_text())["span_opening"] is False and "--no-span" in (tmp_path / "plain" / "report.md").read_text()
+    with_span = json.loads(spanned.read_text())
+    assert with_span["span_opening"] is True and "the opening spanned (`--span`)" in (tmp_path / "spanned" / "report.md").read_text()
+    # the same network output, cleaned both ways in both runs: each run's other row is the other run's main row
+    assert with_span["network_alone"]["implant_dsc"] == pytest.approx(float(rows[0]["implant_dsc"]), abs=1e-5)
 
 
 def test_evaluate_refuses_unknown_cases(tiny_data, tmp_path):
@@ -147,19 +156,29 @@ def test_dense_training_lowers_its_dice_loss(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, dense_model, tmp_path):
-    """The report's rows: the network's own implant (no spanning), the spanned pipeline, then the baselines (the
-    geometric one with no network, and the dense network), each a full set of means."""
+    """The report's rows: the network's own implant (the default, no spanning), the same output spanned, then the baselines
+    (the geometric one with no network, and the dense network), each a full set of means; with --span, the network's own
+    implant still comes first."""
     from sparseskull.evaluation.evaluate import evaluate
+    from sparseskull.implant.options import CompleteOptions
 
     summary = evaluate(tiny_data, tmp_path / "r", model="skullfix-ch1-64", limit=1, baselines=("opening", "dense"),  # the dense one is a 64
                        dense_model=str(dense_model), pictures=0, progress=False)
     dense = summary["baselines"]["dense"]
     assert set(dense) == set(METRICS) and 0 <= dense["implant_dsc"] <= 1 and 0 < dense["completion_dsc"] <= 1
-    assert set(summary["baselines"]["opening"]) == set(METRICS) and set(summary["network_alone"]) == set(METRICS)
-    report = (tmp_path / "r" / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| network alone |") or line.startswith(f"| {summary['model']} spanned |")
-            or line.startswith("| opening |") or line.startswith("| dense |")]
-    assert [r.split("|")[1].strip() for r in rows] == ["network alone", f"{summary['model']} spanned", "opening", "dense"]
+    assert set(summary["baselines"]["opening"]) == set(METRICS) and set(summary["spanned"]) == set(METRICS)
+    name = summary["model"]
+
+    def method_rows(report: str) -> list[str]:
+        table = report[report.index("| method |"):].split("\n\n")[0].splitlines()[2:]
+        return [r.split("|")[1].strip() for r in table]
+
+    assert method_rows((tmp_path / "r" / "report.md").read_text()) == [f"{name} (network alone)", "spanned (--span)", "opening", "dense"]
+    spanned = evaluate(tiny_data, tmp_path / "s", model="skullfix-ch1-64", limit=1, options=CompleteOptions(span_opening=True), pictures=0,
+                       progress=False)
+    assert method_rows((tmp_path / "s" / "report.md").read_text()) == ["network alone", f"{name} spanned"]
+    assert spanned["network_alone"]["implant_dsc"] == pytest.approx(summary["implant_dsc"])  # one network output, cleaned two ways
+    assert spanned["implant_dsc"] == pytest.approx(summary["spanned"]["implant_dsc"])
     with open(tmp_path / "r" / "cases.csv") as f:
         row = next(csv.DictReader(f))
     assert float(row["dense_completion_dsc"]) == pytest.approx(dense["completion_dsc"], abs=1e-5)

@@ -500,8 +500,8 @@ def test_automatic_threshold_finds_the_bone(sample):
 @pytest.mark.parametrize("options", [
     CompleteOptions(),
     CompleteOptions(threshold_hu="auto", input_kind="mask", model="some/model.safetensors", device="cuda:1", backend="spconv", min_implant_mm3=50.0,
-                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, span_opening=False, drop_mandible=True, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2,
-                    passes=8),
+                    min_depth_mm=4.0, min_thickness_mm=3.5, drop_behind_bone=False, span_opening=True, drop_mandible=True, clearance_mm=0.5, smoothing_iterations=5, decimate=0.3, stl_space="RAS", skull_stl=True, preview=False, threads=2,
+                    passes=3),
 ], ids=["defaults", "every-flag"])
 def test_options_survive_the_command_line(options):
     """The Slicer module runs `sparseskull complete` in a child process: the options it passes come back intact."""

@@ -73,8 +73,9 @@ def test_the_panel_renders_with_the_choices_of_this_machine(app, tmp_path):
     assert panel.findChild(QtWidgets.QPushButton, "applyButton").text() == "Complete skull"
     from sparseskull.implant.options import MAX_PASSES, CompleteOptions
 
-    passes = panel.findChild(QtWidgets.QSpinBox, "passesSpinBox")  # the command line's default, and its range
+    passes = panel.findChild(QtWidgets.QSpinBox, "passesSpinBox")  # the command line's defaults, and the passes' range
     assert (passes.value(), passes.minimum(), passes.maximum()) == (CompleteOptions().passes, 1, MAX_PASSES)
+    assert panel.findChild(QtWidgets.QCheckBox, "spanCheckBox").isChecked() == CompleteOptions().span_opening
 
 
 @pytest.mark.slow

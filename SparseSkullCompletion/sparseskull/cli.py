@@ -57,7 +57,7 @@ def _cmd_demo(args) -> int:
     from sparseskull.evaluation.demo import run_demo
 
     report = run_demo(args.out, threshold_hu=args.threshold_hu, picture=not args.no_picture, model=args.model, device=args.device,
-                      backend=args.backend, progress=_stage_printer(), span_opening=not args.no_span,
+                      backend=args.backend, progress=_stage_printer(), span_opening=args.span,
                       passes=args.passes)
     truth = report["vs_truth"]
     hd95 = "-" if truth["implant_hd95_mm"] is None else f"{truth['implant_hd95_mm']:.2f} mm"
@@ -123,7 +123,7 @@ def _cmd_evaluate(args) -> int:
               + ", ".join(f"{k} {summary[k]:.4f}" for k in SR_METRICS))
         print(f"report: {args.out}/report.md, per skull: {args.out}/cases.csv")
         return 0
-    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads, span_opening=not args.no_span,
+    options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads, span_opening=args.span,
                               passes=args.passes)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
                        baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model,
@@ -166,11 +166,12 @@ def _cmd_models(args) -> int:
         res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
         full = m.evaluation or {}
         mark = " (default)" if m.shipped and m.name in defaults else " (baseline)" if m.baseline else "" if m.shipped else " (yours)"
-        alone = (full.get("network_alone") or {}).get("implant_dsc")
+        spanned = (full.get("pipeline") or {}).get("span_opening", True)  # records before 2026-11-26 were of the spanned pipeline
+        alone = (full.get("network_alone") or {}).get("implant_dsc") if spanned else full.get("implant_dsc")
         print(f"{m.name + mark:<32} {i.task:<16} {res:>10} {'yes' if i.skips else 'no':>5} {spacing:>16} | {cell(alone, 3, 9)} {cell(full.get('implant_dsc'), 3, 11)} "
               f"{cell(full.get('implant_bdsc'), 3, 6)} {cell(full.get('implant_hd95_mm'), 1, 8)} | {cell(i.metrics.get('val_implant_dsc'), 3, 10)}")
     print("implant DSC, bDSC, HD95: `sparseskull evaluate` means on the held-out skulls, full grid, through the whole pipeline\n"
-          "(<name>.evaluation.json); alone DSC: the network's own implant there (the pipeline without spanning), where recorded;\n"
+          "(<name>.evaluation.json); alone DSC: the network's own implant there (the pipeline without --span), where recorded;\n"
           "coarse val: implant DSC on the training grid when training ended;\n"
           "baseline: the dense network of the paper's comparison, for `sparseskull evaluate --baselines dense` only")
     pairs = list_pairs()
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (replaced when the run succeeds; default: demo_out)")
     _option_arguments(p, ("threshold_hu",))
     p.add_argument("--no-picture", action="store_true", help="skip the preview PNG")
-    p.add_argument("--no-span", action="store_true", help="the network's own implant: the pipeline without spanning the opening")
+    p.add_argument("--span", action="store_true", help="span the opening: the plate completed from the bone around it (default: the network's own implant)")
     _model_options(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", type=int, default=None, metavar="N",
                    help="input, prediction and truth side by side (cases/*.png) for the first N cases (default: all; 0: none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--no-span", action="store_true", help="score the implants as the network completed them, without spanning the opening")
+    p.add_argument("--span", action="store_true", help="score the pipeline with the opening spanned (the network's own implant is scored beside it)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("models", help="list the shipped trained models with their task, resolution and validation scores")

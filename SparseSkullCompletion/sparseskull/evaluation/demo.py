@@ -48,7 +48,7 @@ def compare_with_truth(result: CompletionResult, truth_implant, truth_complete, 
 
 
 def run_demo(out: str | os.PathLike = "demo_out", threshold_hu: float | str = DEFAULT_THRESHOLD_HU, picture: bool = True,
-             model: str | None = None, device: str = "auto", backend: str = "torch", progress=None, span_opening: bool = True,
+             model: str | None = None, device: str = "auto", backend: str = "torch", progress=None, span_opening: bool = False,
              passes: int | None = None) -> dict:
     """Complete the bundled sample CT; write the implant STL, masks, preview and report to ``out``; ``passes``: the
     network passes (default: CompleteOptions' default)."""

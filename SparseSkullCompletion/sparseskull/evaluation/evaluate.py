@@ -61,12 +61,14 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
                           f"case {case.case_id}{' (' + case.defect_class + ')' if case.defect_class else ''}: implant DSC {m['dsc']:.3f}, "
                           f"bDSC {m['bdsc']:.3f}, HD95 {m['hd95_mm']:.2f} mm")
     extra: dict = {}
-    if options.span_opening:  # the network's own implant first: the same network output, cleaned without spanning
-        alone = complete_skull(defective, replace(options, span_opening=False), completer=memo, super_resolver=sr)
-        b = implant_metrics(alone.implant.array, truth_implant, defective.array, defective.spacing_mm)
-        extra.update({"network_implant_dsc": b["dsc"], "network_implant_bdsc": b["bdsc"], "network_implant_hd95_mm": b["hd95_mm"],
-                      "network_completion_dsc": dice(alone.completed.array, complete.array),
-                      "network_completion_re": reconstruction_error(alone.completed.array, complete.array)})
+    # the same network output cleaned the other way: the network's own implant beside the spanned pipeline, or the
+    # spanned plate beside the network's own implant (what spanning would add)
+    other = complete_skull(defective, replace(options, span_opening=not options.span_opening), completer=memo, super_resolver=sr)
+    b = implant_metrics(other.implant.array, truth_implant, defective.array, defective.spacing_mm)
+    tag = "network_" if options.span_opening else "spanned_"
+    extra.update({f"{tag}implant_dsc": b["dsc"], f"{tag}implant_bdsc": b["bdsc"], f"{tag}implant_hd95_mm": b["hd95_mm"],
+                  f"{tag}completion_dsc": dice(other.completed.array, complete.array),
+                  f"{tag}completion_re": reconstruction_error(other.completed.array, complete.array)})
     if "mirror" in baselines:
         from sparseskull.evaluation.baselines import mirror_completion
         from sparseskull.implant.clean import clean_implant
@@ -250,7 +252,7 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
                  + ", through the complete pipeline on each case's full grid; means"),
         "model": summary["model"],  # "completion + super-resolution" for a pair (recorded beside the super-resolution model)
         "cases": case_ids,
-        **({"network_alone": {k: None if v is None else round(v, 4) for k, v in summary["network_alone"].items()}} if "network_alone" in summary else {}),
+        **{key: {k: None if v is None else round(v, 4) for k, v in summary[key].items()} for key in ("network_alone", "spanned") if key in summary},
         "pipeline": {"passes": options.passes, "min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
                      "min_implant_mm3": options.min_implant_mm3,
                      "clearance_mm": options.clearance_mm, "min_thickness_mm": options.min_thickness_mm},
@@ -373,32 +375,34 @@ def _write_report(rows: list[dict], stage: Path, data, completer, baselines, opt
     summary["baselines"] = {b: {key: stats[f"{b}_{key}"]["mean"] for key in METRICS if f"{b}_{key}" in stats} for b in baselines}
     if "network_implant_dsc" in stats:  # the network's own implant (no spanning), beside the spanned pipeline's
         summary["network_alone"] = {key: stats[f"network_{key}"]["mean"] for key in METRICS}
+    if "spanned_implant_dsc" in stats:  # the spanned plate, beside the network's own implant
+        summary["spanned"] = {key: stats[f"spanned_{key}"]["mean"] for key in METRICS}
     summary.update({"cases": len(rows), "data": str(data), "model": completer.name + (f" + {resolver.name}" if resolver is not None else ""),
                     "model_path": str(completer.path), "super_resolution": resolver.name if resolver is not None else None,
                     "device": str(completer.device), "backend": completer.backend, "passes": completer.passes, "span_opening": options.span_opening,
                     "statistics": stats})
     _write_table(rows, summary, stage)
-    alone = [("network alone", "network_")] if "network_alone" in summary else []
-    methods = alone + [(summary["model"] + (" spanned" if alone else ""), "")] + [(b, f"{b}_") for b in baselines]
     name = summary["model"]
-    _boxplots(rows, stage / "boxplots.png", f"{name} on {len(rows)} cases of {Path(data).name}", methods)
+    if options.span_opening:  # the network's own implant first, then what spanning made of it
+        methods = [("network alone", "network_", summary.get("network_alone")), (f"{name} spanned", "", summary)]
+    else:
+        methods = [(f"{name} (network alone)", "", summary), ("spanned (--span)", "spanned_", summary.get("spanned"))]
+    methods = [m for m in methods if m[2] is not None] + [(b, f"{b}_", summary["baselines"][b]) for b in baselines]
+    _boxplots(rows, stage / "boxplots.png", f"{name} on {len(rows)} cases of {Path(data).name}", [(label, prefix) for label, prefix, _ in methods])
     lines = [f"# Evaluation of `{name}` on {len(rows)} cases of `{data}`", "",
              "Each defective skull went through the `sparseskull complete` pipeline on its full grid"
              + (f", the network voting over {completer.passes} passes (`--passes`)" if completer.passes > 1 else "")
-             + (", the opening spanned (`fill.span_defect`)." if options.span_opening else ", without spanning the opening (`--no-span`)."), "",
+             + (", the opening spanned (`--span`)." if options.span_opening else ", the network's own implant (without `--span`)."), "",
              "| metric | mean | std | median | n |", "|---|---|---|---|---|"]
     for key, s in stats.items():
         lines.append(f"| {key} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {s['n']} |")
-    if alone or baselines:
-        lines += ["", "The network's own implant first (its output through the pipeline without spanning), then the pipeline"
-                  + (" with spanning" if alone else "") + ", then the baselines (means), each through the same pipeline and cleaning"
-                  " (opening: no network, the vault's largest opening found from the defective skull and spanned;"
-                  " mirror: reflected skull, cleaned without the reach filter"
-                  + (", spanned the same way" if options.span_opening else "") + "):", "",
-                  "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
-                  *(["| network alone | " + " | ".join(_fmt(summary["network_alone"][k]) for k in METRICS) + " |"] if alone else []),
-                  f"| {name}{' spanned' if alone else ''} | " + " | ".join(_fmt(summary[k]) for k in METRICS) + " |"]
-        lines += [f"| {b} | " + " | ".join(_fmt(summary["baselines"][b].get(k)) for k in METRICS) + " |" for b in baselines]
+    lines += ["", "The network's own implant first (its output through the pipeline without spanning), then the same output with the"
+              " opening spanned (`fill.span_defect`), then the baselines (means), each through the same pipeline and cleaning"
+              " (opening: no network, the vault's largest opening found from the defective skull and spanned;"
+              " mirror: reflected skull, cleaned without the reach filter"
+              + (", spanned the same way" if options.span_opening else "") + "):", "",
+              "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(_fmt(means.get(k)) for k in METRICS) + " |" for label, _, means in methods]
     if summary["by_class"]:
         lines += ["", "By defect class (means):", "", "| class | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
         for c, means in summary["by_class"].items():

@@ -33,8 +33,8 @@ def threshold_value(value: str) -> float | str:
 
 
 def _opt(default, flag: str | None = None, help: str = "", type=None, choices=None, sets: bool | None = None):
-    """A field with its command-line flag. ``sets``: a switch that sets the field to this value (``--no-span``
-    sets ``span_opening`` to False); otherwise the flag takes a value of ``type`` (default: the default's type)."""
+    """A field with its command-line flag. ``sets``: a switch that sets the field to this value (``--span``
+    sets ``span_opening`` to True); otherwise the flag takes a value of ``type`` (default: the default's type)."""
     meta = {"flag": flag, "help": help, "type": type, "choices": choices, "sets": sets} if flag else {}
     return field(default=default, metadata=meta)
 
@@ -49,7 +49,7 @@ class CompleteOptions:
     super_resolution: str = _opt("auto", "--super-resolution", "a super-resolution model (name or path) run on the completed skull "
                                  "before the implant is taken; auto: the one --model is paired with (`sparseskull models`), if any; "
                                  "none: off", type=str)
-    passes: int = _opt(1, "--passes", "network passes, each on the skull shifted by a few voxels and every other one mirrored; "
+    passes: int = _opt(MAX_PASSES, "--passes", "network passes, each on the skull shifted by a few voxels and every other one mirrored; "
                        "a generated voxel is kept when a quarter of them generate it (1 to 8)", type=int)
     device: str = _opt("auto", "--device", "auto, cpu, cuda, cuda:1, mps")
     backend: str = _opt("torch", "--backend", "sparse engine (the command line offers sparseskull.sparse.backends.BACKENDS)")
@@ -62,8 +62,9 @@ class CompleteOptions:
                                    "than this (0: off)")
     drop_behind_bone: bool = _opt(True, "--keep-behind-bone", "keep implant parts that lie inside the cranial cavity behind intact bone "
                                   "(dropped by default)", sets=False)
-    span_opening: bool = _opt(True, "--no-span", "leave the implant as the network completed it, instead of completing the plate over "
-                              "the whole opening from the bone around it (and dropping what lies off that plate)", sets=False)
+    span_opening: bool = _opt(False, "--span", "complete the plate over the whole opening from the bone around it, and drop what lies off "
+                              "that plate, instead of keeping the network's own implant (better on SkullFix's single round openings, "
+                              "worse on larger and irregular ones: docs/models.md)", sets=True)
     smoothing_iterations: int = _opt(20, "--smoothing", "windowed-sinc smoothing iterations of the STL")
     decimate: float = _opt(0.5, "--decimate", "share of triangles removed")
     stl_space: str = _opt("LPS", "--stl-space", "STL coordinates (LPS: Slicer's file convention)", choices=("LPS", "RAS"))
