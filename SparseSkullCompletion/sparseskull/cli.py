@@ -129,12 +129,15 @@ def _cmd_evaluate(args) -> int:
                        baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model,
                        record=args.record)
     stats = summary["statistics"]
-    print(f"{summary['model']} on {summary['cases']} cases:")
+    print(f"{summary['model']} on {summary['cases']} cases, {'the opening spanned' if args.span else 'its own implant'}, "
+          f"{summary['passes']} network pass{'es' if summary['passes'] > 1 else ''}:")
     for key in METRICS:
         s = stats[key]
         print(f"  {key:<18} mean {s['mean'] if s['mean'] is None else round(s['mean'], 4)}  median {s['median'] if s['median'] is None else round(s['median'], 4)}  (n {s['n']})")
-    for name, means in summary["baselines"].items():
-        print(f"  baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items() if v is not None))
+    other = ("network alone", summary.get("network_alone")) if args.span else ("spanned (--span)", summary.get("spanned"))
+    rows = ([other] if other[1] else []) + [(f"baseline {name}", means) for name, means in summary["baselines"].items()]
+    for name, means in rows:
+        print(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items() if v is not None))
     print(f"report: {args.out}/report.md, per case: {args.out}/cases.csv")
     return 0
 
