@@ -173,6 +173,14 @@ def _boxplots(rows: list[dict], path: Path, title: str, methods: list[tuple[str,
     plt.close(fig)
 
 
+def _write_json(path, summary: dict) -> None:
+    """The summary as JSON, written whole or not at all (a run stopped while writing keeps the previous file)."""
+    from sparseskull.data.io import atomic_write
+
+    text = json.dumps(summary, indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
@@ -227,7 +235,7 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
                 iterator.set_postfix(implant_dsc=f"{np.mean([r['implant_dsc'] for r in rows]):.3f}")
         summary = _write_report(rows, stage, data, completer, baselines, options, resolver)
     if json_path:
-        Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+        _write_json(json_path, summary)
     if record:
         record_evaluation(summary, resolver.path if resolver is not None else completer.path, options, [c.case_id for c in found])
     return summary
@@ -335,7 +343,7 @@ def evaluate_sr(data, out, model: str | None, cases: list[str] | None = None, li
         lines += ["", "![box plots](boxplots.png)", "", "Per skull: `cases.csv`."]
         (stage / "report.md").write_text("\n".join(lines) + "\n")
     if json_path:
-        Path(json_path).write_text(json.dumps(summary, indent=1) + "\n")
+        _write_json(json_path, summary)
     return summary
 
 
