@@ -149,7 +149,7 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     except VolumeReadError:
         raise
     except RuntimeError as exc:
-        raise VolumeReadError(f"{path}: not a readable 3D image ({_itk_reason(str(exc))})") from None
+        raise VolumeReadError(f"{path}: not a readable 3D image ({itk_reason(str(exc))})") from None
     components = int(reader.GetNumberOfComponents())
     item = sitk.GetArrayViewFromImage(sitk.Image([1] * len(size), reader.GetPixelID())).dtype.itemsize  # a component's
     return ImageHeader(path, tuple(int(n) for n in size), tuple(float(s) for s in spacing), components, int(item * components))
@@ -202,11 +202,11 @@ def read_volume(path: str | os.PathLike, contiguous: bool = True) -> Volume:
     except VolumeReadError:
         raise
     except RuntimeError as exc:
-        raise VolumeReadError(f"{path}: not a readable 3D image ({_itk_reason(str(exc))})") from None
+        raise VolumeReadError(f"{path}: not a readable 3D image ({itk_reason(str(exc))})") from None
     return image_to_volume(image, str(path), contiguous)
 
 
-def _itk_reason(message: str) -> str:
+def itk_reason(message: str) -> str:
     """The human part of an ITK exception message (drop file/line prefixes and object addresses)."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     if lines and lines[-1].startswith("[nrrd]"):

@@ -25,7 +25,7 @@ from sparseskull import __version__
 from sparseskull.data.anatomy import braincase_centre
 from sparseskull.data.io import (
     ImageHeader,
-    _itk_reason,
+    itk_reason,
     looks_like_mask,
     read_header,
     read_volume,
@@ -405,7 +405,7 @@ def run_complete(source, out: str | os.PathLike, options: CompleteOptions | None
             raise  # not a write failure (e.g. the preview's rendering): the caller sees it as it is
         text = str(exc).strip()
         text = text.split(": ", 1)[-1] if text.startswith(str(out.parent)) else text  # not the staging file's name
-        reason = getattr(exc, "strerror", None) or (_itk_reason(text) if isinstance(exc, RuntimeError) else text) or type(exc).__name__
+        reason = getattr(exc, "strerror", None) or (itk_reason(text) if isinstance(exc, RuntimeError) else text) or type(exc).__name__
         kept = "the previous outputs there are kept" if out.exists() else "nothing was written"
         raise OutputError(f"{out}: writing the outputs failed ({reason}); {kept}: free disk space or choose another --out") from None
     return result
