@@ -210,6 +210,19 @@ def test_super_resolution_passes_undo_their_shifts_and_mirrors(sample):
     assert np.array_equal(one[1], eight[1]) and eight[3]["output_points"] == one[3]["output_points"] == one[3]["input_points"]
 
 
+def test_a_ct_as_coarse_as_the_super_resolution_grid_skips_the_stage_and_says_so(sample):
+    """A pair is the default, so a CT whose voxels are as coarse as the super-resolution model's grid must still complete:
+    the stage is skipped with a warning, and the implant is the completion grid's, as without the stage."""
+    options = CompleteOptions(preview=False)
+    coarse_sr = _identity_resolver(SPACING_64)  # its "finer" grid is the completion grid itself
+    with_stage = complete_skull(sample.defective, options, completer=Oracle(sample.complete), super_resolver=coarse_sr)
+    without = complete_skull(sample.defective, options, completer=Oracle(sample.complete), super_resolver=None)
+    sr = with_stage.report["super_resolution"]
+    assert sr["model"] == "identity" and "super-resolution stage was skipped" in sr["skipped"]
+    assert any("super-resolution stage was skipped" in w for w in with_stage.report["warnings"])
+    assert np.array_equal(with_stage.implant.array, without.implant.array) and with_stage.implant.array.any()
+
+
 def test_super_resolution_model_must_take_the_completion_grid(sample):
     """A super-resolution model from 128 after a completion model at 64 is refused with the reason."""
     resolver = _identity_resolver(tuple(s / 2 for s in SPACING_64), resolution=256, input_resolution=128)

@@ -45,7 +45,8 @@ class CompletionResults:
             return self.report.get("message", _("No defect found."))
         return _("Implant {volume:.1f} cm3, model {model}, {seconds:.0f} s on {device}.").format(
             volume=self.report["implant"]["volume_cm3"],
-            model=self.report["model"]["name"] + (" + " + self.report["super_resolution"]["model"] if self.report.get("super_resolution") else ""),
+            model=self.report["model"]["name"] + (" + " + self.report["super_resolution"]["model"] + (" (skipped)" if self.report["super_resolution"].get("skipped") else "")
+                                                  if self.report.get("super_resolution") else ""),
             seconds=self.report["seconds"].get("total", 0) + self.report["seconds"].get("write", 0), device=self.report["device"])
 
 

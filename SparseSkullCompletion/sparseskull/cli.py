@@ -48,7 +48,7 @@ def _summary(report: dict, out: str) -> None:
     for w in report.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     sr = report.get("super_resolution")
-    print(f"model {report['model']['name']}{' + ' + sr['model'] if sr else ''} on {report['device']} ({report['backend']}); {report['seconds']['total'] + report['seconds'].get('write', 0):.1f} s; "
+    print(f"model {report['model']['name']}{' + ' + sr['model'] + (' (skipped)' if sr.get('skipped') else '') if sr else ''} on {report['device']} ({report['backend']}); {report['seconds']['total'] + report['seconds'].get('write', 0):.1f} s; "
           + ("peak memory unknown on this platform" if report.get("peak_mib") is None else f"peak memory {report['peak_mib']:.0f} MiB"))
     print(f"outputs in {out}/: {', '.join(report.get('files', []))}")
 

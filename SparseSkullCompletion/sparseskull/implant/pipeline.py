@@ -247,16 +247,21 @@ def complete_skull(source, options: CompleteOptions | None = None, progress: Pro
     coarse_out = completer(coarse_in, grid)
     done("network")
 
-    sr_info = None
+    sr_info, fine = None, None
     if super_resolver is not None:
         stage("super-resolution")
-        fine_in, fine_out, fine_grid, sr_info = super_resolver(skull, coarse_in, coarse_out, grid)
-        if sr_info.get("warning"):
-            warnings.append(sr_info["warning"])
+        skipped = super_resolver.skip_reason(skull, grid)  # a CT with voxels as coarse as the finer grid: nothing to gain
+        if skipped:
+            sr_info = {"model": super_resolver.name, "skipped": skipped}
+            warnings.append(skipped)
+        else:
+            *fine, sr_info = super_resolver(skull, coarse_in, coarse_out, grid)
+            if sr_info.get("warning"):
+                warnings.append(sr_info["warning"])
         done("super-resolution")
 
     stage("CT grid")
-    raw = to_ct_grid(fine_in, fine_out, fine_grid, skull) if super_resolver is not None else to_ct_grid(coarse_in, coarse_out, grid, skull)
+    raw = to_ct_grid(*fine, skull) if fine else to_ct_grid(coarse_in, coarse_out, grid, skull)
     done("CT grid")
 
     stage("clean")

@@ -87,12 +87,19 @@ class SuperResolver:
             raise InputError(f"{self.name} super-resolves from {self.info.input_resolution}, but the completion model works at "
                              f"{completion_info.resolution}: choose a super-resolution model from {completion_info.resolution}")
 
+    def skip_reason(self, skull: Volume, grid: ModelGrid) -> str | None:
+        """Why this CT has nothing to super-resolve (its voxels are as coarse as the model's output grid), or None."""
+        if tuple(model_factors(skull, self.info.spacing_mm)) != tuple(grid.factors):
+            return None
+        return (f"the CT's voxels ({[round(s, 3) for s in skull.spacing_mm]} mm) are as coarse as {self.name}'s output grid, so the "
+                "super-resolution stage was skipped: the implant comes from the completion model's grid")
+
     def __call__(self, skull: Volume, coarse_in: np.ndarray, coarse_out: np.ndarray, grid: ModelGrid) -> tuple[np.ndarray, np.ndarray, ModelGrid, dict]:
-        """The defective and the completed skull on the fine grid, that grid, and what was done."""
+        """The defective and the completed skull on the fine grid, that grid, and what was done (see :meth:`skip_reason`
+        first: a CT as coarse as the fine grid is refused here)."""
         fine_factors = model_factors(skull, self.info.spacing_mm)
-        if tuple(fine_factors) == tuple(grid.factors):
-            raise InputError(f"the CT's voxels ({[round(s, 3) for s in skull.spacing_mm]} mm) are as coarse as {self.name}'s output grid: "
-                             "there is nothing to super-resolve (run without --super-resolution)")
+        if self.skip_reason(skull, grid):
+            raise InputError(self.skip_reason(skull, grid))
         fine_in, fgrid = fine_grid(skull, grid, coarse_out.shape, fine_factors)
         nearest = to_fine(coarse_out, grid, fine_factors)  # on fine_in's grid: both cover the coarse grid's region
         ijk = np.argwhere(nearest)
