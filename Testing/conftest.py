@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker (and its children), not two workers of all cores each
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("SPARSESKULL_REAL_DATA", REPO.parent / "shared" / "data" / "autoimplant2020"))

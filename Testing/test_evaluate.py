@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 from sparseskull.evaluation.evaluate import METRICS, summarise
-from sparseskull.nets.catalogue import default_model_name
+from sparseskull.nets.catalogue import default_model_name, find_pair
 
 
 def test_summary_statistics_by_hand():
@@ -39,7 +39,8 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     # (cases 0.285, 0.699: generated skulls are not the real ones it learned) and 0.725 spanned; an untrained network of the same
     # shape scores 0.0 in both (it adds nothing, and the spanned opening then has nothing to span)
     assert summary["implant_dsc"] > 0.35 and summary["spanned"]["implant_dsc"] > 0.6, (summary["implant_dsc"], summary["spanned"])
-    assert summary["model"] == default_model_name()
+    pair = find_pair(default_model_name())  # the default is a pair: its report names both models
+    assert summary["model"] == (f"{pair.completion} + {pair.super_resolution}" if pair else default_model_name())
     assert sorted(p.name for p in out.iterdir()) == ["boxplots.png", "cases", "cases.csv", "report.md", "summary.json"]
     pictures = sorted((out / "cases").iterdir())  # one side-by-side picture, as asked
     assert len(pictures) == 1 and pictures[0].suffix == ".png"
@@ -229,12 +230,11 @@ def test_linear_upsampling_of_a_block_averaged_shell_beats_nearest():
 @pytest.mark.slow
 def test_record_writes_the_scores_beside_the_model_tied_to_its_weights(tiny_data, tmp_path):
     from sparseskull.evaluation.evaluate import evaluate
-    from sparseskull.nets.catalogue import ShippedModel, default_model_name, list_models
+    from sparseskull.nets.catalogue import ShippedModel, resolve_model
     from sparseskull.nets.files import read_info, weights_digest
 
-    shipped = next(m for m in list_models() if m.name == default_model_name())
     model = tmp_path / "mine.safetensors"
-    shutil.copy(shipped.path, model)
+    shutil.copy(resolve_model(None), model)  # the default's completion model (the default may be a pair)
     summary = evaluate(tiny_data, tmp_path / "r", model=str(model), limit=1, pictures=0, progress=False, record=True)
     recorded = json.loads((tmp_path / "mine.evaluation.json").read_text())
     assert recorded["model_sha256"] == weights_digest(model)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sparseskull.nets.catalogue import default_model_name
+from sparseskull.nets.catalogue import default_model_name, find_pair
 
 try:
     from PySide6 import QtGui, QtWidgets
@@ -93,14 +93,16 @@ def test_the_status_line_after_a_real_run_says_what_is_on_disk(app, tmp_path):
     panel = render_panel.load_panel()
     render_panel.fill(panel, report)
     text = panel.findChild(QtWidgets.QLabel, "statusLabel").text()
-    shown = re.fullmatch(r"Implant ([0-9.]+) cm3, model (\S+), ([0-9]+) s on (\S+)\.", text)
+    shown = re.fullmatch(r"Implant ([0-9.]+) cm3, model (.+), ([0-9]+) s on (\S+)\.", text)
     assert shown, text
     implant = read_mask(out / "implant.nrrd")
     on_disk_cm3 = implant.array.sum() * implant.voxel_volume_mm3 / 1000
-    # measured: "Implant 26.5 cm3, model skullfix-skip-ch1-128, 10 s on cpu." for 26.513 cm3 of voxels on disk; the STL's own volume
-    # (25.9 cm3) or the network's raw implant (11032 voxels) would not pass
+    # measured: "Implant 30.8 cm3, model skullfix-skip-ch1-128 + skullfix-sr-skip-ch1-128-256, 16 s on cpu." (the default pair);
+    # with the 128 model alone, one pass and spanning: "Implant 26.5 cm3" for 26.513 cm3 of voxels on disk, where the STL's own
+    # volume (25.9 cm3) or the network's raw implant (11032 voxels) would not have passed
     assert on_disk_cm3 > 5 and float(shown[1]) == pytest.approx(on_disk_cm3, abs=0.05), (text, on_disk_cm3)
-    assert shown[2] == default_model_name() and shown[4] == "cpu"
+    pair = find_pair(default_model_name())  # a default pair shows both its models
+    assert shown[2] == (f"{pair.completion} + {pair.super_resolution}" if pair else default_model_name()) and shown[4] == "cpu"
     assert abs(int(shown[3]) - (report["seconds"]["total"] + report["seconds"]["write"])) <= 0.5
 
 
