@@ -27,7 +27,7 @@ from sparseskull.implant.options import CompleteOptions, InputError
 from sparseskull.implant.pipeline import check_header, needed_memory_bytes, planned_stages
 
 CT = sample_dir() / "ct.nrrd"
-FAST = ["--no-preview", "--threads", "1"]
+FAST = ["--no-preview", "--threads", "1", "--passes", "1"]  # these runs are about input and output, not the implant
 DEFAULT_STAGES = len(planned_stages(CompleteOptions()))  # the progress lines' count for the default model (9 for a pair)
 
 
@@ -234,7 +234,7 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_run(tmp_path):
 @pytest.mark.parametrize("passes", ["0", "9"])
 def test_a_pass_count_out_of_range_is_refused_before_the_run(tmp_path, passes):
     out = tmp_path / "out"
-    run = _complete(tmp_path, CT, "--out", out, "--passes", passes, *FAST)
+    run = _complete(tmp_path, CT, "--out", out, "--no-preview", "--threads", "1", "--passes", passes)
     assert run.returncode == 1
     assert _error_line(run) == f"sparseskull complete: error: passes must be between 1 and 8; got {passes}"
     assert "[1/" not in run.stderr and not out.exists() and not list(tmp_path.iterdir())
