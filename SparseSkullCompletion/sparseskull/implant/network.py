@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparseskull.implant.options import MAX_PASSES, InputError
+from sparseskull.implant.options import MAX_PASSES, InputError, check_passes
 
 if TYPE_CHECKING:
     from sparseskull.implant.grid import ModelGrid
@@ -41,12 +41,6 @@ assert len(PASS_OFFSETS) == MAX_PASSES
 def pass_votes(passes: int) -> int:
     """How many of ``passes`` must generate a voxel for completion to keep it: a quarter of them, at least one."""
     return max(1, passes // 4)
-
-
-def check_passes(passes: int) -> int:
-    if not 1 <= passes <= MAX_PASSES:
-        raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
-    return passes
 
 
 def voted_points(model, ijk: np.ndarray, shape, backend: str, device, tau: float, passes: int = 1, corner: int | None = None,

@@ -20,6 +20,13 @@ INPUT_KINDS = ("auto", "ct", "mask")
 MAX_PASSES = 8  # the network passes one run may vote over (implant/network.py shifts and mirrors each)
 
 
+def check_passes(passes: int) -> int:
+    """``passes`` if it is a number of network passes one run may vote over, else a ValueError saying the range."""
+    if not 1 <= passes <= MAX_PASSES:
+        raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {passes}")
+    return passes
+
+
 DEFAULT_MIN_DEPTH_MM = 10.0
 
 
@@ -89,8 +96,7 @@ class CompleteOptions:
             raise ValueError("the minimum implant volume, depth and thickness and the clearance cannot be negative")
         if self.max_extent <= 0 or self.max_voxels < 0:
             raise ValueError("the maximum extent must be positive and the maximum voxel count cannot be negative")
-        if not 1 <= self.passes <= MAX_PASSES:
-            raise ValueError(f"passes must be between 1 and {MAX_PASSES}; got {self.passes}")
+        check_passes(self.passes)
         if not 0 <= self.decimate < 1:
             raise ValueError(f"decimate is the share of triangles removed, in [0, 1); got {self.decimate}")
 

@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from sparseskull.data.volume import Volume
 from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, block_fraction, model_factors
-from sparseskull.implant.network import check_passes, voted_points
-from sparseskull.implant.options import InputError
+from sparseskull.implant.network import voted_points
+from sparseskull.implant.options import InputError, check_passes
 from sparseskull.sparse.functional import PointExplosionError
 
 POINT_CAP = 4  # a decoder level may hold at most this many times the input's points: the skull on a finer grid, not a flood
@@ -97,9 +97,10 @@ class SuperResolver:
     def __call__(self, skull: Volume, coarse_in: np.ndarray, coarse_out: np.ndarray, grid: ModelGrid) -> tuple[np.ndarray, np.ndarray, ModelGrid, dict]:
         """The defective and the completed skull on the fine grid, that grid, and what was done (see :meth:`skip_reason`
         first: a CT as coarse as the fine grid is refused here)."""
+        skipped = self.skip_reason(skull, grid)
+        if skipped:
+            raise InputError(skipped)
         fine_factors = model_factors(skull, self.info.spacing_mm)
-        if self.skip_reason(skull, grid):
-            raise InputError(self.skip_reason(skull, grid))
         fine_in, fgrid = fine_grid(skull, grid, coarse_out.shape, fine_factors)
         nearest = to_fine(coarse_out, grid, fine_factors)  # on fine_in's grid: both cover the coarse grid's region
         ijk = np.argwhere(nearest)
