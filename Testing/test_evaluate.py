@@ -164,7 +164,7 @@ def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, d
     from sparseskull.implant.options import CompleteOptions
 
     summary = evaluate(tiny_data, tmp_path / "r", model="skullfix-ch1-64", limit=1, baselines=("opening", "dense"),  # the dense one is a 64
-                       dense_model=str(dense_model), pictures=0, progress=False)
+                       dense_model=str(dense_model), options=CompleteOptions(passes=1), pictures=0, progress=False)  # the rows, not the score
     dense = summary["baselines"]["dense"]
     assert set(dense) == set(METRICS) and 0 <= dense["implant_dsc"] <= 1 and 0 < dense["completion_dsc"] <= 1
     assert set(summary["baselines"]["opening"]) == set(METRICS) and set(summary["spanned"]) == set(METRICS)
@@ -175,7 +175,7 @@ def test_evaluate_reports_the_network_alone_first_and_the_baselines(tiny_data, d
         return [r.split("|")[1].strip() for r in table]
 
     assert method_rows((tmp_path / "r" / "report.md").read_text()) == [f"{name} (network alone)", "spanned (--span)", "opening", "dense"]
-    spanned = evaluate(tiny_data, tmp_path / "s", model="skullfix-ch1-64", limit=1, options=CompleteOptions(span_opening=True), pictures=0,
+    spanned = evaluate(tiny_data, tmp_path / "s", model="skullfix-ch1-64", limit=1, options=CompleteOptions(span_opening=True, passes=1), pictures=0,
                        progress=False)
     assert method_rows((tmp_path / "s" / "report.md").read_text()) == ["network alone", f"{name} spanned"]
     assert spanned["network_alone"]["implant_dsc"] == pytest.approx(summary["implant_dsc"])  # one network output, cleaned two ways

@@ -166,7 +166,7 @@ def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(pipeline, where, out_of_memory)
     out = tmp_path / "OUT"
-    code = cli_main(["complete", str(CT), "--out", str(out), "--no-preview", "--threads", "1"])
+    code = cli_main(["complete", str(CT), "--out", str(out), "--no-preview", "--threads", "1", "--passes", "1"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not PROGRESS.match(ln)]
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith(f"sparseskull complete: error: ran out of {says}") and "--threads 1" in err[0] and "smaller grid" in err[0], err

@@ -135,7 +135,7 @@ sys.meta_path.insert(0, Hide())
 from sparseskull import runtime
 runtime.status_mib = lambda field: None  # as off Linux: no /proc
 from sparseskull.cli import main
-code = main(["complete", sys.argv[1], "--out", sys.argv[2], "--no-preview", "--threads", "1"])
+code = main(["complete", sys.argv[1], "--out", sys.argv[2], "--no-preview", "--threads", "1", "--passes", "1"])
 print(json.dumps({"code": code, "resource_loaded": "resource" in sys.modules}))
 """
 

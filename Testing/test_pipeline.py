@@ -452,7 +452,7 @@ def test_complete_command_with_the_shipped_model(tmp_path):
     """The real network through the command line: every output, a watertight STL, a report with timings
     per stage, and progress per stage on stderr."""
     out = tmp_path / "out"
-    run = _complete(tmp_path, sample_dir() / "ct.nrrd", "--out", out, "--skull-stl", "--stl-space", "RAS")
+    run = _complete(tmp_path, sample_dir() / "ct.nrrd", "--out", out, "--skull-stl", "--stl-space", "RAS", "--passes", "1")  # the demo test runs 8
     assert run.returncode == 0, run.stderr
     import json
 
@@ -487,10 +487,11 @@ def test_real_oblique_skullfix_case(tmp_path):
     stl = read_stl(tmp_path / "oracle" / "implant.stl")
     assert np.linalg.norm(mesh_centroid(stl) - truth.centroid_lps()) < 3.0
     assert dice(result.implant.array, truth.array) > 0.8
-    real = run_complete(DATA / "defective_skull" / f"{case}.nrrd", tmp_path / "model", CompleteOptions(preview=False))
+    real = run_complete(DATA / "defective_skull" / f"{case}.nrrd", tmp_path / "model", CompleteOptions(preview=False, passes=1))
     assert real.report["input_kind"] == "mask" and real.implant.same_grid(defective) and real.report["defect_found"]
-    # the network's implant lands on the true one and is about its size: measured 2.25 mm between centroids, volume 1.03 x the
-    # truth's 38.7 cm^3, DSC 0.85 (skullfix default model, CPU); an implant elsewhere or a fraction/multiple of the hole fails
+    # the network's implant lands on the true one and is about its size: measured with the default pair in one network pass (the
+    # geometry is what is tested here) 0.51 mm between centroids, volume 0.86 x the truth's 38.7 cm^3, DSC 0.869 (CPU); an implant
+    # elsewhere or a fraction/multiple of the hole fails
     distance = np.linalg.norm(real.implant.centroid_lps() - truth.centroid_lps())
     ratio = real.implant.array.sum() / truth.array.sum()
     assert distance < 5.0 and 0.75 < ratio < 1.3, (distance, ratio)

@@ -88,7 +88,7 @@ def test_the_status_line_after_a_real_run_says_what_is_on_disk(app, tmp_path):
     from sparseskull.implant.pipeline import run_complete
 
     out = tmp_path / "run"
-    run_complete(sample_dir() / "defective_skull.nrrd", out, CompleteOptions(preview=False, threads=1))
+    run_complete(sample_dir() / "defective_skull.nrrd", out, CompleteOptions(preview=False, threads=1, passes=1))
     report = json.loads((out / "report.json").read_text())
     panel = render_panel.load_panel()
     render_panel.fill(panel, report)
