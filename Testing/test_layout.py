@@ -165,3 +165,52 @@ def test_peak_memory_is_in_mib_on_every_platform(monkeypatch):
     assert peak is not None and rss is not None and peak >= rss * 0.99  # Linux here: /proc
     monkeypatch.setattr(runtime, "status_mib", lambda field: None)  # off Linux: getrusage, in the right unit
     assert abs(runtime.peak_mib() - peak) < max(64.0, 0.2 * peak)
+
+
+# ------------------------------------------------------------------ the Resources in a wheel
+
+
+def test_resources_are_found_beside_the_package_or_in_a_wheels_share_folder(tmp_path, monkeypatch):
+    """A checkout or editable install uses the module's Resources; a wheel install (no Resources beside the package)
+    finds the copies pyproject installs under <prefix>/share/sparseskull, and models_dir and sample_dir follow."""
+    from sparseskull import resources
+    from sparseskull.data.sample import sample_dir
+    from sparseskull.nets.catalogue import models_dir
+
+    checkout = Path(__file__).resolve().parents[1] / "SparseSkullCompletion" / "Resources"
+    monkeypatch.delenv("SPARSESKULL_MODELS", raising=False)
+    assert models_dir() == checkout / "Models" and sample_dir() == checkout / "Sample"
+    prefix = tmp_path / "venv"
+    for name in ("Models", "Sample"):
+        (prefix / "share" / "sparseskull" / name).mkdir(parents=True)
+    monkeypatch.setattr(resources, "BESIDE_PACKAGE", tmp_path / "site-packages" / "Resources")  # as in a wheel: absent
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    assert models_dir() == prefix / "share" / "sparseskull" / "Models"
+    assert sample_dir() == prefix / "share" / "sparseskull" / "Sample"
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "empty"))
+    assert models_dir() == tmp_path / "site-packages" / "Resources" / "Models"  # neither: the checkout's place, for the message
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_shipped_models_and_the_sample(tmp_path):
+    """`pip install .` (not editable) installs a wheel, which holds only packages: the default model (or both models of
+    the default pair), the pairs, the model cards and the bundled sample must be in it as data files."""
+    import importlib.util
+    import zipfile
+
+    from sparseskull.nets.catalogue import default_model_name, find_pair, models_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    # the installed setuptools where there is one (fast, offline); else pip fetches the build backend from the registry
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path), str(repo)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (wheel,) = tmp_path.glob("sparseskull-*.whl")
+    names = {n.split("/data/share/sparseskull/", 1)[1] for n in zipfile.ZipFile(wheel).namelist() if "/data/share/sparseskull/" in n}
+    pair = find_pair(default_model_name())
+    wanted = [pair.completion, pair.super_resolution] if pair else [default_model_name()]
+    shipped = {p.name for p in models_dir().iterdir() if p.is_file()}
+    assert {f"Models/{p}" for p in shipped} <= names, sorted({f"Models/{p}" for p in shipped} - names)
+    assert {f"Models/{m}.safetensors" for m in wanted} | {"Models/default.txt", "Models/pairs.json", "Sample/ct.nrrd"} <= names

@@ -10,6 +10,7 @@ import numpy as np
 
 from sparseskull.data.io import read_mask, read_volume, write_volume
 from sparseskull.data.volume import Volume
+from sparseskull.resources import resource_dir
 
 SAMPLE_SEED = 20231
 SAMPLE_SIZE = 256
@@ -18,8 +19,9 @@ FILES = {"ct": "ct.nrrd", "defective": "defective_skull.nrrd", "complete": "comp
 
 
 def sample_dir() -> Path:
-    """``SparseSkullCompletion/Resources/Sample`` beside the core package (inside the Slicer module folder)."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Sample"
+    """``SparseSkullCompletion/Resources/Sample`` beside the core package (inside the Slicer module folder; a wheel's
+    copy where there is none, see :mod:`sparseskull.resources`)."""
+    return resource_dir("Sample")
 
 
 @dataclass(frozen=True)

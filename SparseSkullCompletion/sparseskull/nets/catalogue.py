@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparseskull.nets.files import SPARSE, ModelInfo, read_info
+from sparseskull.resources import resource_dir
 
 
 def models_dir() -> Path:
-    """``SparseSkullCompletion/Resources/Models`` beside the core package; ``$SPARSESKULL_MODELS`` overrides it."""
+    """``SparseSkullCompletion/Resources/Models`` beside the core package (a wheel's copy where there is none, see
+    :mod:`sparseskull.resources`); ``$SPARSESKULL_MODELS`` overrides it."""
     env = os.environ.get("SPARSESKULL_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    return Path(env) if env else resource_dir("Models")
 
 
 @dataclass(frozen=True)
