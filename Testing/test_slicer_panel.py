@@ -97,7 +97,8 @@ def test_the_status_line_after_a_real_run_says_what_is_on_disk(app, tmp_path):
     assert shown, text
     implant = read_mask(out / "implant.nrrd")
     on_disk_cm3 = implant.array.sum() * implant.voxel_volume_mm3 / 1000
-    # measured: "Implant 30.8 cm3, model skullfix-skip-ch1-128 + skullfix-sr-skip-ch1-128-256, 16 s on cpu." (the default pair);
+    # measured: "Implant 30.8 cm3, model skullfix-skip-ch1-128 + skullfix-sr-skip-ch1-128-256, 16 s on cpu." (the default pair, with
+    # its first super-resolution model);
     # with the 128 model alone, one pass and spanning: "Implant 26.5 cm3" for 26.513 cm3 of voxels on disk, where the STL's own
     # volume (25.9 cm3) or the network's raw implant (11032 voxels) would not have passed
     assert on_disk_cm3 > 5 and float(shown[1]) == pytest.approx(on_disk_cm3, abs=0.05), (text, on_disk_cm3)

@@ -3,7 +3,7 @@
 quarter hour of `sparseskull evaluate`).
 
     python scripts/pass_study.py --data ../shared/data/autoimplant2020 --model skullfix-skip-ch1-128
-    python scripts/pass_study.py --data ../shared/data/autoimplant2020 --model skullfix-sr-skip-ch1-128-256
+    python scripts/pass_study.py --data ../shared/data/autoimplant2020 --model skullfix-sr-skip-w16-128-256
 
 A completion model is scored by the implant DSC of what it generates (completed minus defective, against the true
 implant) on each validation skull's own defect; a super-resolution model by the DSC of its output against the fine copy

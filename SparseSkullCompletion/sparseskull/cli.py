@@ -161,17 +161,20 @@ def _cmd_models(args) -> int:
     def cell(v, digits: int, width: int) -> str:
         return f"{'-' if v is None else f'{v:.{digits}f}':>{width}}"
 
-    print(f"{'name':<32} {'task':<16} {'resolution':>10} {'skips':>5} {'spacing mm':>16} | {'alone DSC':>9} {'implant DSC':>11} {'bDSC':>6} "
+    def mark(m) -> str:
+        return " (default)" if m.shipped and m.name in defaults else " (baseline)" if m.baseline else "" if m.shipped else " (yours)"
+
+    w = max(32, *(len(m.name + mark(m)) for m in models))  # the name column fits the longest name
+    print(f"{'name':<{w}} {'task':<16} {'resolution':>10} {'skips':>5} {'spacing mm':>16} | {'alone DSC':>9} {'implant DSC':>11} {'bDSC':>6} "
           f"{'HD95 mm':>8} | {'coarse val':>10}")
     for m in models:
         i = m.info
         spacing = "x".join(f"{v:.2f}" for v in i.spacing_mm) if i.spacing_mm else "-"
         res = f"{i.input_resolution}->{i.resolution}" if i.task == "super-resolution" else str(i.resolution)
         full = m.evaluation or {}
-        mark = " (default)" if m.shipped and m.name in defaults else " (baseline)" if m.baseline else "" if m.shipped else " (yours)"
         spanned = (full.get("pipeline") or {}).get("span_opening", True)  # records before 2026-11-26 were of the spanned pipeline
         alone = (full.get("network_alone") or {}).get("implant_dsc") if spanned else full.get("implant_dsc")
-        print(f"{m.name + mark:<32} {i.task:<16} {res:>10} {'yes' if i.skips else 'no':>5} {spacing:>16} | {cell(alone, 3, 9)} {cell(full.get('implant_dsc'), 3, 11)} "
+        print(f"{m.name + mark(m):<{w}} {i.task:<16} {res:>10} {'yes' if i.skips else 'no':>5} {spacing:>16} | {cell(alone, 3, 9)} {cell(full.get('implant_dsc'), 3, 11)} "
               f"{cell(full.get('implant_bdsc'), 3, 6)} {cell(full.get('implant_hd95_mm'), 1, 8)} | {cell(i.metrics.get('val_implant_dsc'), 3, 10)}")
     print("implant DSC, bDSC, HD95: `sparseskull evaluate` means on the held-out skulls, full grid, through the whole pipeline\n"
           "(<name>.evaluation.json); alone DSC: the network's own implant there (the pipeline without --span), where recorded;\n"
