@@ -192,18 +192,29 @@ def test_resources_are_found_beside_the_package_or_in_a_wheels_share_folder(tmp_
     assert models_dir() == tmp_path / "site-packages" / "Resources" / "Models"  # neither: the checkout's place, for the message
 
 
+def _can_build_wheels() -> bool:
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(v) for v in version("setuptools").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.mark.slow
 def test_a_wheel_carries_the_shipped_models_and_the_sample(tmp_path):
     """`pip install .` (not editable) installs a wheel, which holds only packages: the default model (or both models of
     the default pair), the pairs, the model cards and the bundled sample must be in it as data files."""
-    import importlib.util
     import zipfile
 
     from sparseskull.nets.catalogue import default_model_name, find_pair, models_dir
 
     repo = Path(__file__).resolve().parents[1]
-    # the installed setuptools where there is one (fast, offline); else pip fetches the build backend from the registry
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    # the installed setuptools where it can build a wheel by itself (70.1 on, or with the wheel package; fast, offline), else
+    # pip fetches pyproject's build requirements from the registry
+    isolation = ["--no-build-isolation"] if _can_build_wheels() else []
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path), str(repo)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
