@@ -267,6 +267,21 @@ def test_dicom_series_folder_reads_with_geometry(tmp_path, direction):
     assert_geometry(back, original, **DICOM_TOLERANCE)
 
 
+def test_a_dicom_folder_is_scanned_once_for_header_and_voxels_and_again_when_it_changes(tmp_path, monkeypatch):
+    """A run reads the header (refusal by size), then the voxels: the series' slice scan, which opens every file, runs
+    once; a removed slice makes the next read scan again (and refuse the gap)."""
+    original = Volume(ct_array(shape=(20, 17, 6)), (0.45, 0.39, 0.63), ORIGIN, np.eye(3))
+    folder = write_dicom_series(original, tmp_path / "series")
+    scans = []
+    scan = sio._scan_dicom_series
+    monkeypatch.setattr(sio, "_scan_dicom_series", lambda f: scans.append(f) or scan(f))
+    assert sio.read_header(folder).size == (20, 17, 6)
+    np.testing.assert_array_equal(read_volume(folder).array, original.array)
+    assert len(scans) == 1
+    sorted(folder.iterdir())[2].unlink()  # a slice in the middle goes missing
+    assert "not evenly spaced" in read_error(folder) and len(scans) == 2
+
+
 def test_single_slice_dicom_series_is_refused(tmp_path):
     folder = write_dicom_series(volume(ct_array(shape=(20, 17, 1)), np.eye(3)), tmp_path / "one")
     assert "single slice" in read_error(folder)

@@ -67,7 +67,28 @@ class ImageHeader:
         return tuple(float(n * abs(s)) for n, s in zip(self.size, self.spacing_mm))
 
 
+_LAST_SCAN: list = []  # [(the folder's fingerprint, its series files)]: read_header then read_volume scan once
+
+
+def _folder_fingerprint(folder: Path) -> tuple:
+    """The folder and every file in it with its size and modification time: a changed, added or removed file changes it."""
+    with os.scandir(folder) as entries:
+        files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file())
+    return (str(folder.resolve()), tuple(files))
+
+
 def _dicom_series_files(folder: Path) -> list[str]:
+    """The files of the folder's volume series, in slice order (the scan of :func:`_scan_dicom_series`, reused while
+    the folder's files are unchanged: a run reads the header first, then the voxels)."""
+    key = _folder_fingerprint(folder)
+    if _LAST_SCAN and _LAST_SCAN[0][0] == key:
+        return list(_LAST_SCAN[0][1])
+    files = _scan_dicom_series(folder)
+    _LAST_SCAN[:] = [(key, files)]
+    return list(files)
+
+
+def _scan_dicom_series(folder: Path) -> list[str]:
     """The files of the folder's volume series, in slice order; refused when the series is ambiguous or its
     slices are not evenly spaced (a missing slice, or two series mixed under one UID), which ITK reads anyway,
     with a warning only, into a volume whose geometry is wrong."""
