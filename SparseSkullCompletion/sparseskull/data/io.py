@@ -73,7 +73,8 @@ _LAST_SCAN: list = []  # [(the folder's fingerprint, its series files)]: read_he
 def _folder_fingerprint(folder: Path) -> tuple:
     """The folder and every file in it with its size and modification time: a changed, added or removed file changes it."""
     with os.scandir(folder) as entries:
-        files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file())
+        stats = [(e.name, e.stat()) for e in entries if e.is_file()]
+    files = sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats)
     return (str(folder.resolve()), tuple(files))
 
 
