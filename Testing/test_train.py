@@ -295,3 +295,29 @@ def test_a_skip_network_trains_and_a_checkpoint_exports_as_it_stands(tiny_data, 
     with pytest.raises(ValueError, match="without skip connections, but this run trains a network with them"):
         plain = train(_config(tiny_data, tmp_path / "plain", steps=1), progress=False)
         train(_config(tiny_data, tmp_path / "init", skips=True, steps=1, init=str(plain.model_path)), progress=False)
+
+
+def test_init_takes_a_shipped_models_name_and_a_wrong_one_fails_before_any_skull_is_loaded(tiny_data, tmp_path, monkeypatch, capsys):
+    """--init accepts what --model accepts (a shipped name or a path), the training record names the file it started from,
+    and a model that cannot start the run (unknown, another task, other channels or skips) stops it before the data set is
+    read: loading a full data set at 256 takes minutes."""
+    import sparseskull.training.loop as loop
+    from sparseskull.nets.catalogue import models_dir
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the skulls were loaded before --init was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_load_training_skulls", no_loading)
+        for init, message in [("no-such-model", "no shipped model named 'no-such-model'"),
+                              ("skullfix-sr-skip-w16-128-256", "a super-resolution model, but this run trains completion"),
+                              ("skullfix-skip-ch1-128", "with skip connections, but this run trains a network without them")]:
+            skips = init != "skullfix-skip-ch1-128"
+            code = main(["--data", str(tiny_data), "--out", str(tmp_path / "x"), "--init", init, "--no-progress"] + (["--skips"] if skips else []))
+            assert code == 1 and message in capsys.readouterr().err, init
+            assert not (tmp_path / "x").exists()
+        with pytest.raises(ValueError, match=r"channels \[8, 8, 16, 16, 32, 32, 64\], but this run trains \[16,"):
+            train(_config(tiny_data, tmp_path / "y", skips=True, channels="16,16,16,16,32,32,64", init="skullfix-skip-ch1-128"), progress=False)
+    result = train(_config(tiny_data, tmp_path / "tuned", skips=True, steps=1, resolution=128, init="skullfix-skip-ch1-128"), progress=False)
+    record = read_info(result.model_path).training
+    assert Path(record["init"]) == models_dir() / "skullfix-skip-ch1-128.safetensors"

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -353,18 +353,31 @@ def _read_training(path) -> dict:
     return read_info(path).training
 
 
-def _init_from(model: SparseCompletionNet, config: TrainConfig) -> None:
-    """Start from a model file's weights; it must be the same network and task."""
-    from sparseskull.nets.files import load_model
+def _check_init(config: TrainConfig) -> str:
+    """The model file ``--init`` names (a shipped model's name or a path), checked against the run's network and task
+    before any skull is loaded, so a wrong --init fails in a second, not after minutes of loading."""
+    from sparseskull.nets.catalogue import resolve_model
+    from sparseskull.nets.files import read_info
 
-    init, info = load_model(config.init, task=config.task)
-    if tuple(info.channels) != tuple(model.channels):
-        raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {list(model.channels)}")
-    if bool(info.skips) != model.skips:
+    path = resolve_model(config.init)
+    info = read_info(path)
+    if info.task != config.task:
+        raise ValueError(f"--init {config.init}: a {info.task} model, but this run trains {config.task}")
+    if tuple(info.channels) != tuple(parse_channels(config.channels)):
+        raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {list(parse_channels(config.channels))}")
+    if bool(info.skips) != bool(config.skips):
         raise ValueError(f"--init {config.init}: {'with' if info.skips else 'without'} skip connections, but this run trains a network "
-                         f"{'with' if model.skips else 'without'} them (--skips)")
+                         f"{'with' if config.skips else 'without'} them (--skips)")
     if info.resolution != config.resolution:
         print(f"note: --init {config.init} was trained at {info.resolution}; fine-tuning it at {config.resolution}", file=sys.stderr)
+    return str(path)
+
+
+def _init_from(model: SparseCompletionNet, path: str, task: str) -> None:
+    """Start from a model file's weights (checked by :func:`_check_init`)."""
+    from sparseskull.nets.files import load_model
+
+    init, _ = load_model(path, task=task)
     model.load_state_dict(init.state_dict())
 
 
@@ -405,6 +418,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         torch.cuda.set_device(device)
     dtype = amp_dtype(config, device)
 
+    if config.init and state is None:
+        config = replace(config, init=_check_init(config))  # the record names the file, not only a shipped name
     bar_factory = None
     if progress and dist_info.main:
         from tqdm import tqdm
@@ -422,7 +437,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     start, history = 0, {"best_val_dsc": None, "best_step": None, "seconds": 0.0}
     if config.init and state is None:
-        _init_from(model, config)
+        _init_from(model, config.init, config.task)
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -682,7 +697,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default=d.amp, help="mixed precision (auto: on CUDA)")
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--init", metavar="MODEL", default=None, help="start from this model file's weights (fine-tuning; fresh optimizer and schedule)")
+    p.add_argument("--init", metavar="MODEL", default=None, help="start from this model's weights: a shipped model's name or a model file (fine-tuning; fresh optimizer and schedule)")
     p.add_argument("--skip-bad-cases", action="store_true", help="train without the cases whose files cannot be read (each is named on "
                    "stderr and listed in the model file's training record); without it the first such file stops the run")
     p.add_argument("--no-progress", action="store_true")
