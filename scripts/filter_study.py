@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sparseskull.data.dataset import find_cases
 from sparseskull.data.io import read_mask
-from sparseskull.evaluation.evaluate import _Remembered
+from sparseskull.evaluation.evaluate import Remembered
 from sparseskull.evaluation.metrics import implant_metrics
 from sparseskull.implant.network import NetworkCompleter
 from sparseskull.implant.options import CompleteOptions
@@ -48,8 +48,8 @@ def main() -> int:
             continue
         defective, complete = read_mask(case.defective), read_mask(case.complete)
         truth = np.asarray(complete.array, bool) & ~np.asarray(defective.array, bool)
-        network = _Remembered(completer)
-        sr = _Remembered(resolver) if resolver else None
+        network = Remembered(completer)
+        sr = Remembered(resolver) if resolver else None
         row = {}
         for way, changes in WAYS.items():
             result = complete_skull(defective, replace(CompleteOptions(passes=args.passes), **changes), completer=network, super_resolver=sr)

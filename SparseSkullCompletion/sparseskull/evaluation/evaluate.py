@@ -49,8 +49,8 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
     if not complete.same_grid(defective):
         raise ValueError(f"case {case.name}: the complete and defective skulls are on different grids")
     truth_implant = np.asarray(complete.array, bool) & ~np.asarray(defective.array, bool)
-    memo = _Remembered(completer)
-    sr = _Remembered(super_resolver) if super_resolver is not None else None
+    memo = Remembered(completer)
+    sr = Remembered(super_resolver) if super_resolver is not None else None
     result = complete_skull(defective, options, completer=memo, super_resolver=sr)
     m = implant_metrics(result.implant.array, truth_implant, defective.array, defective.spacing_mm)
     cm3 = defective.voxel_volume_mm3 / 1000.0
@@ -113,7 +113,7 @@ def score_case(case, completer, options: CompleteOptions, baselines: tuple[str, 
     }
 
 
-class _Remembered:
+class Remembered:
     """A pipeline step (the completion, the super-resolution stage) that answers a repeated call from memory, so the
     networks run once per case when the same output is cleaned two ways (with and without spanning). The call is
     known by its array arguments; the others (the skull, the grid) follow from them within one case and are rebuilt
