@@ -363,8 +363,9 @@ def _check_init(config: TrainConfig) -> str:
     info = read_info(path)
     if info.task != config.task:
         raise ValueError(f"--init {config.init}: a {info.task} model, but this run trains {config.task}")
-    if tuple(info.channels) != tuple(parse_channels(config.channels)):
-        raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {list(parse_channels(config.channels))}")
+    channels = list(parse_channels(config.channels))
+    if list(info.channels) != channels:
+        raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {channels}")
     if bool(info.skips) != bool(config.skips):
         raise ValueError(f"--init {config.init}: {'with' if info.skips else 'without'} skip connections, but this run trains a network "
                          f"{'with' if config.skips else 'without'} them (--skips)")
