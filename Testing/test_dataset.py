@@ -170,3 +170,31 @@ def test_pyramid_counts_blocks_exactly_like_a_direct_block_sum(rng):
         assert np.array_equal(pyramid[f].array, direct), f
     with pytest.raises(ValueError, match="powers of two"):
         downsample_pyramid(mask, [3])
+
+
+def test_coarse_cache_is_keyed_by_content_so_a_moved_or_touched_mask_still_finds_its_copy(tmp_path, monkeypatch):
+    import os
+
+    from sparseskull.data import pairs
+    from sparseskull.data.io import write_volume
+    from sparseskull.data.volume import Volume
+
+    monkeypatch.setenv("SPARSESKULL_CACHE", str(tmp_path / "cache"))
+    mask = np.zeros((64, 64, 16), bool)
+    mask[10:40, 12:50, 4:12] = True
+    first = write_volume(Volume(mask, (0.5, 0.5, 1.0)), tmp_path / "a" / "skull.nrrd")
+    expected = np.asarray(downsample_to(read_mask(first), 32).array)
+    assert np.array_equal(np.asarray(pairs.read_at(first, 32).array), expected)  # read, downsampled, cached
+
+    moved = tmp_path / "b" / "renamed.nrrd"
+    moved.parent.mkdir()
+    shutil.copyfile(first, moved)
+    os.utime(moved, (time.time() + 3600, time.time() + 3600))  # a re-mounted copy: another path, another time
+    monkeypatch.setattr(pairs, "downsample_to", lambda *a, **k: pytest.fail("the cached copy was not found"))
+    assert np.array_equal(np.asarray(pairs.read_at(moved, 32).array), expected)
+
+    other = Volume(~mask, (0.5, 0.5, 1.0))  # another content at the same path: not the old copy
+    write_volume(other, first)
+    monkeypatch.undo()
+    monkeypatch.setenv("SPARSESKULL_CACHE", str(tmp_path / "cache"))
+    assert np.array_equal(np.asarray(pairs.read_at(first, 32).array), np.asarray(downsample_to(other, 32).array))

@@ -38,12 +38,14 @@ def cache_dir() -> Path:
 
 def read_at(path: Path, resolution: int, cache: bool = True) -> Volume:
     """A mask at the paper's ``resolution`` (in-plane grid size): read as is when it already has that
-    size, else downsampled from full resolution, with the copy cached on disk (keyed by the file's
-    path, size and time) because reading and downsampling a 512^2 x Z mask takes seconds."""
+    size, else downsampled from full resolution, with the copy cached on disk because reading and downsampling a
+    512^2 x Z mask takes seconds. The cache is keyed by the file's content (hashing a compressed mask takes
+    milliseconds), so a copied, moved or re-mounted data set still finds its copies."""
     path = Path(path)
+    cache = cache and path.is_file()  # a mask is one file (a folder would be a DICOM series: read it each time)
     if cache:
-        st = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{resolution}".encode()).hexdigest()[:24]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        key = hashlib.sha256(f"{digest}|{resolution}".encode()).hexdigest()[:24]
         cached = cache_dir() / f"{key}.nrrd"
         if cached.is_file():
             return read_mask(cached)
