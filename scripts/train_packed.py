@@ -42,7 +42,8 @@ def _compact(skull, data: str, sr_from: int) -> dict:
     case = next(c for c in find_cases(data, None) if c.case_id == skull.case_id)
     low = np.asarray(read_at(case.complete, sr_from).array, dtype=bool)
     fine = np.asarray(skull.complete.array, dtype=bool)
-    return {"case_id": skull.case_id, "volume": skull.complete.with_array(np.zeros((1, 1, 1), bool)), "shape": fine.shape,
+    v = skull.complete
+    return {"case_id": skull.case_id, "geometry": (v.spacing_mm, v.origin_lps, v.direction), "shape": fine.shape,
             "bits": np.packbits(fine), "low_shape": low.shape, "low_bits": np.packbits(low)}
 
 
@@ -52,13 +53,14 @@ def _expand(stored):
         return stored
     import numpy as np
     from sparseskull.data.pairs import Skull, upsample_nearest
+    from sparseskull.data.volume import Volume
 
     skulls = []
     for s in stored["skulls"]:
         fine = np.unpackbits(s["bits"], count=int(np.prod(s["shape"]))).reshape(s["shape"]).astype(bool)
         low = np.unpackbits(s["low_bits"], count=int(np.prod(s["low_shape"]))).reshape(s["low_shape"]).astype(bool)
         factor = fine.shape[0] // low.shape[0]
-        skulls.append(Skull(s["case_id"], s["volume"].with_array(fine), [], upsample_nearest(low, factor, fine.shape)))
+        skulls.append(Skull(s["case_id"], Volume(fine, *s["geometry"]), [], upsample_nearest(low, factor, fine.shape)))
     return skulls
 
 
