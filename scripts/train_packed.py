@@ -26,7 +26,13 @@ def pack(data: str, resolution: int, out: Path, sr_from: int | None = None) -> P
     from sparseskull.data.pairs import load_skulls
 
     skulls = load_skulls(data, resolution, sr_from)
-    stored = skulls if sr_from is None else {"sr_from": sr_from, "skulls": [_compact(s, data, sr_from) for s in skulls]}
+    if sr_from is None:
+        stored = skulls
+    else:
+        from sparseskull.data.pairs import find_cases
+
+        complete = {c.case_id: c.complete for c in find_cases(data, None)}
+        stored = {"sr_from": sr_from, "skulls": [_compact(s, complete[s.case_id], sr_from) for s in skulls]}
     with gzip.open(out, "wb", compresslevel=6) as f:
         pickle.dump(stored, f, protocol=5)
     print(f"{out}: {len(skulls)} skulls at {resolution}{f' with their {sr_from} copies' if sr_from else ''}, "
@@ -34,13 +40,12 @@ def pack(data: str, resolution: int, out: Path, sr_from: int | None = None) -> P
     return out
 
 
-def _compact(skull, data: str, sr_from: int) -> dict:
+def _compact(skull, complete_path, sr_from: int) -> dict:
     """A super-resolution skull as bits: the fine complete skull and its coarse copy (not the upsampled input)."""
     import numpy as np
-    from sparseskull.data.pairs import find_cases, read_at
+    from sparseskull.data.pairs import read_at
 
-    case = next(c for c in find_cases(data, None) if c.case_id == skull.case_id)
-    low = np.asarray(read_at(case.complete, sr_from).array, dtype=bool)
+    low = np.asarray(read_at(complete_path, sr_from).array, dtype=bool)
     fine = np.asarray(skull.complete.array, dtype=bool)
     v = skull.complete
     return {"case_id": skull.case_id, "geometry": (v.spacing_mm, v.origin_lps, v.direction), "shape": fine.shape,
