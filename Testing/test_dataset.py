@@ -198,3 +198,17 @@ def test_coarse_cache_is_keyed_by_content_so_a_moved_or_touched_mask_still_finds
     monkeypatch.undo()
     monkeypatch.setenv("SPARSESKULL_CACHE", str(tmp_path / "cache"))
     assert np.array_equal(np.asarray(pairs.read_at(first, 32).array), np.asarray(downsample_to(other, 32).array))
+
+
+def test_block_max_is_the_max_over_each_block_for_any_factors_and_sizes(rng):
+    from sparseskull.data.resample import block_max
+
+    for shape, factors in [((7, 9, 5), 2), ((16, 16, 16), 4), ((10, 11, 13), (2, 3, 1)), ((5, 5, 5), 1), ((9, 8, 7), (4, 4, 2))]:
+        f = (factors,) * 3 if isinstance(factors, int) else factors
+        for dtype in (bool, np.uint8):
+            mask = (rng.random(shape) > 0.8).astype(dtype)
+            expected = np.zeros([-(-n // k) for n, k in zip(shape, f)], dtype)
+            for i, j, k in np.argwhere(mask):  # each voxel raises its block: the definition, voxel by voxel
+                expected[i // f[0], j // f[1], k // f[2]] = max(expected[i // f[0], j // f[1], k // f[2]], mask[i, j, k])
+            got = block_max(mask, factors)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (shape, factors, dtype)
