@@ -51,7 +51,7 @@ class Lease:
         self.log.flush()
 
 
-def launch(lease: Lease, name: str, args: str, out: Path, steps: int, val_every: int, log: Path) -> subprocess.Popen:
+def launch(name: str, args: str, out: Path, steps: int, val_every: int, log: Path) -> subprocess.Popen:
     before, sep, after = args.partition(" -- ")
     if not sep:
         raise ValueError(f"--run {name}: give train_packed.py's options, then ' -- ', then sparseskull train's")
@@ -79,7 +79,7 @@ def calibrate(lease: Lease, runs: dict, steps: int, limit: float) -> tuple[dict,
     and the longest start-up (process start to first step)."""
     t = time.time()
     dirs = {n: lease.work / f"calibrate-{n}" for n in runs}
-    procs = {n: launch(lease, n, a, dirs[n], 10**6, 10**6, lease.work / f"calibrate-{n}.log") for n, a in runs.items()}
+    procs = {n: launch(n, a, dirs[n], 10**6, 10**6, lease.work / f"calibrate-{n}.log") for n, a in runs.items()}
     first: dict[str, float] = {}
     try:
         while time.time() - t < limit and not all(len(rows(d)) >= steps or procs[n].poll() is not None for n, d in dirs.items()):
@@ -110,7 +110,7 @@ def train(lease: Lease, runs: dict, rate: dict, startup: float, reserve: float) 
             continue
         dirs[n] = lease.work / f"run-{n}"
         lease.say(n, f"{steps} steps at {r:.3f} s a step ({budget:.0f} s)")
-        procs[n] = launch(lease, n, runs[n], dirs[n], steps, max(10, steps // 2), lease.out / f"{n}.log")
+        procs[n] = launch(n, runs[n], dirs[n], steps, max(10, steps // 2), lease.out / f"{n}.log")
     while any(p.poll() is None for p in procs.values()):
         time.sleep(3)
         if lease.left() < 30:  # out of time: SIGTERM saves each checkpoint (`sparseskull train --export` makes a model)
