@@ -16,6 +16,7 @@ from sparseskull.data.io import (
     looks_like_mask,
     read_mask,
     read_volume,
+    swap_first_last_axes,
     write_volume,
 )
 from sparseskull.data.volume import Volume
@@ -189,6 +190,19 @@ def test_mask_round_trip_is_uint8_and_read_mask_gives_bool(tmp_path, suffix):
     assert mask.array.dtype == bool
     np.testing.assert_array_equal(mask.array, original.array)
     assert_geometry(mask, original, **TOLERANCE[suffix])
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint16, np.uint8, bool, np.float32, np.float64, ">i2"])
+@pytest.mark.parametrize("read_only", [False, True])
+def test_swap_first_last_axes_is_a_contiguous_transposed_copy_for_every_voxel_type(dtype, read_only):
+    source = (np.arange(5 * 6 * 7).reshape(5, 6, 7) % 11).astype(dtype)
+    source.flags.writeable = not read_only  # ITK's buffer, viewed, is read-only
+    out = swap_first_last_axes(source)
+    assert out.shape == (7, 6, 5) and out.dtype == source.dtype and out.flags.c_contiguous and out.flags.writeable
+    for i, j, k in [(0, 0, 0), (6, 5, 4), (3, 2, 1), (1, 4, 2)]:
+        assert out[i, j, k] == source[k, j, i]
+    out[0, 0, 0] = 1  # a copy: the source is untouched
+    assert source[0, 0, 0] == 0
 
 
 # --- coordinate frame ------------------------------------------------------------------------

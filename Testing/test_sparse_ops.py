@@ -200,6 +200,16 @@ def test_prune_union_and_targets():
     assert_close(u.to_dense((6, 6, 6), batch_size=2), dense)
     assert len(u) == len(x)
 
+    # gradients: each input's features get the dense gradient at their own points (both where the sets overlap)
+    fa, fb = a.feats.clone().requires_grad_(), b.feats.clone().requires_grad_()
+    a_g, b_g = SparseTensor(fa, a.cset), SparseTensor(fb, b.cset)
+    weight = torch.randn(2, 2, 6, 6, 6, dtype=D)
+    (union(a_g, b_g).to_dense((6, 6, 6), batch_size=2) * weight).sum().backward()
+    for feats, part in ((fa, a), (fb, b)):
+        c = part.coords
+        assert_close(feats.grad, weight[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]])
+    assert torch.autograd.gradcheck(lambda p, q: union(SparseTensor(p, a.cset), SparseTensor(q, b.cset)).feats, (fa.detach().requires_grad_(), fb.detach().requires_grad_()))
+
     coarse = conv(x, torch.randn(8, 2, 1, dtype=D), None, 2, 2)
     fine = generative_conv_transpose(coarse, torch.randn(8, 1, 1, dtype=D), None, 2, 2)
     hit = target_mask(fine, x.cset)
