@@ -223,6 +223,18 @@ def test_point_cap_names_the_level_and_the_count():
         generative_conv_transpose(x, torch.randn(64, 1, 1, dtype=D), None, 4, 2, max_points=100, level="decoder level 3")
 
 
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 1), (3, 4)])
+def test_the_reverse_of_a_sets_map_to_itself_is_its_columns_flipped(kernel, stride):
+    from sparseskull.sparse.kernel_map import _reverse, cached_map
+
+    x = random_sparse((12, 12, 12), batch=2, density=0.3, channels=1, stride=stride, seed=5)
+    kmap = cached_map(x.cset, x.cset, kernel, stride, 1)
+    assert kmap.symmetric
+    assert torch.equal(kmap.rev, _reverse(kmap.nbr, kmap.n_in, kmap.n_out))  # the scatter it replaces
+    coarse = random_sparse((12, 12, 12), batch=2, density=0.3, channels=1, stride=2 * stride, seed=6)
+    assert not cached_map(x.cset, coarse.cset, kernel, stride, 1).symmetric  # two sets: the scatter stays
+
+
 def test_kernel_maps_are_cached_per_level_and_shared():
     x = random_sparse((8, 8, 8), density=0.3, channels=2)
     w1, w2 = torch.randn(27, 2, 2, dtype=D), torch.randn(27, 2, 2, dtype=D)

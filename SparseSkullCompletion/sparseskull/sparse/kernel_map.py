@@ -41,14 +41,17 @@ class KernelMap:
     (N_in, K), the output each input feeds (N_out where absent), serves only the backward pass, so it is
     built on first use: inference never pays its time or its memory (half of the map)."""
 
-    def __init__(self, nbr: torch.Tensor, n_in: int, n_out: int):
+    def __init__(self, nbr: torch.Tensor, n_in: int, n_out: int, symmetric: bool = False):
         self.nbr, self.n_in, self.n_out = nbr, n_in, n_out
+        self.symmetric = symmetric  # one set to itself through offsets o and -o at columns k and K-1-k
         self._rev: torch.Tensor | None = None
 
     @property
     def rev(self) -> torch.Tensor:
         if self._rev is None:
-            self._rev = _reverse(self.nbr, self.n_in, self.n_out)
+            # input i feeds output n through offset k where n reads i through -offset: the map read backwards,
+            # a column flip instead of a scatter of every pair (a tenth of a CPU training step at 128)
+            self._rev = self.nbr.flip(1).contiguous() if self.symmetric else _reverse(self.nbr, self.n_in, self.n_out)
         return self._rev
 
     @property
@@ -146,7 +149,7 @@ def _build(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step:
     n_in, n_out = len(source), len(target)
     nbr = _neighbours(source, target, offsets)
     index = torch.int32 if max(n_in, n_out) < 2**31 - 1 else torch.int64  # halves the maps' memory
-    return KernelMap(nbr.to(index), n_in, n_out)
+    return KernelMap(nbr.to(index), n_in, n_out, symmetric=source is target and kernel_size % 2 == 1)
 
 
 def cached_map(source: CoordinateSet, target: CoordinateSet, kernel_size: int, step: int, sign: int) -> KernelMap:
