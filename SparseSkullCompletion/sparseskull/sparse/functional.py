@@ -256,9 +256,9 @@ def union(a: SparseTensor, b: SparseTensor) -> SparseTensor:
 
 class _MergeRows(torch.autograd.Function):
     """Rows of ``a`` and ``b`` placed at ``rows_a`` and ``rows_b`` of an ``n``-row output, summed where both land.
-    Each row set's positions are distinct, so the forward pass copies instead of scatter-adding and the backward
-    pass is two gathers: 2x faster than ``index_add`` over the concatenated rows, whose backward also gathers
-    from the concatenation (a skip network's unions took a third of a CPU training step)."""
+    Each row set's positions are distinct, so the forward pass copies instead of scatter-adding over the concatenated
+    rows, and the backward pass gathers each set's rows without a concatenation: on 800,000 rows of 32 channels,
+    0.17 s forward against 0.29 s for ``index_add`` on our CPU (docs/training.md: a whole step)."""
 
     @staticmethod
     def forward(ctx, feats_a, feats_b, rows_a, rows_b, n: int):
