@@ -103,18 +103,21 @@ def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_
     if not implant.any():
         return implant, {**info, "pieces_kept": 0, "pieces_dropped": 0, "voxels": 0}
     spacing = np.asarray(skull.spacing_mm)
-    labels, count = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(labels[implant], minlength=count + 1) * skull.voxel_volume_mm3
+    reach = np.ceil((clearance_mm + 1.5 * spacing.max()) / spacing).astype(int) + 1
+    # from here on, only the box around the implant with room for the rim: labelling a whole CT grid takes 0.4 s
+    outer = bounding_box(implant, reach)
+    inner, skull_inner = implant[outer], skull.array[outer]
+    labels, count = ndimage.label(inner, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels[inner], minlength=count + 1) * skull.voxel_volume_mm3
     candidates = np.flatnonzero(sizes >= min_mm3 * (1.0 if clearance_mm == 0 else 0.5))  # before the costly steps
     cleaned = np.zeros_like(implant)
     if len(candidates):
         boxes = ndimage.find_objects(labels)
-        reach = np.ceil((clearance_mm + 1.5 * spacing.max()) / spacing).astype(int) + 1
         lo = np.min([[sl.start for sl in boxes[c - 1]] for c in candidates], axis=0) - reach
         hi = np.max([[sl.stop for sl in boxes[c - 1]] for c in candidates], axis=0) + reach
-        box = tuple(slice(int(max(a, 0)), int(min(b, n))) for a, b, n in zip(lo, hi, implant.shape))
+        box = tuple(slice(int(max(a, 0)), int(min(b, n))) for a, b, n in zip(lo, hi, inner.shape))
         part = np.isin(labels[box], candidates)
-        bone = np.asarray(skull.array[box], dtype=bool)
+        bone = np.asarray(skull_inner[box], dtype=bool)
         if clearance_mm > 0:  # distances only where needed: a distance transform of the whole box takes seconds
             distance = ndimage.distance_transform_edt(~bone, sampling=spacing)
             part &= distance > clearance_mm
@@ -129,7 +132,7 @@ def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_
         keep[0] = False
         if keep.any():
             keep &= sub_sizes >= keep_fraction * sub_sizes[keep].max()
-        cleaned[box] = keep[sub]
+        cleaned[outer][box] = keep[sub]
         kept = int(keep.sum())
     else:
         kept = 0
