@@ -481,6 +481,16 @@ def test_non_orthonormal_direction_is_refused(direction):
         Volume(np.zeros((4, 5, 6)), SPACING, ORIGIN, direction)
 
 
+def test_centroid_index_is_the_mean_voxel_index_and_centroid_lps_maps_it():
+    rng = np.random.default_rng(7)
+    array = rng.random((23, 17, 11)) < 0.2
+    vol = volume(array.astype(np.uint8), GENERAL)
+    np.testing.assert_allclose(vol.centroid_index(), np.argwhere(array).mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(vol.centroid_lps(), vol.index_to_lps(np.argwhere(array)).mean(axis=0), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="no non-zero voxels"):
+        vol.with_array(np.zeros_like(array)).centroid_index()
+
+
 def test_with_array_keeps_geometry_and_checks_shape():
     vol = volume(ct_array(), GENERAL)
     other = vol.with_array(np.ones(SHAPE, dtype=bool))

@@ -77,8 +77,8 @@ class Volume:
         """True when both volumes sample the same voxel grid in patient space."""
         return self.shape == other.shape and np.allclose(self.ijk_to_lps, other.ijk_to_lps, rtol=0.0, atol=atol_mm)
 
-    def centroid_lps(self) -> np.ndarray:
-        """Centroid of the non-zero voxels in LPS millimetres.
+    def centroid_index(self) -> np.ndarray:
+        """Centroid of the non-zero voxels in (fractional) voxel indices i, j, k.
 
         From the counts per plane along each axis (two passes over the array) rather than every voxel's index: the
         same mean, about 4 times faster on a 512^2 x Z skull (0.11 s against 0.42 s)."""
@@ -89,8 +89,11 @@ class Volume:
         if total == 0:
             raise ValueError("the volume has no non-zero voxels: its centroid is undefined")
         counts = (per_column.sum(axis=1), per_column.sum(axis=0), np.count_nonzero(a, axis=(0, 1)))
-        ijk = [float(np.dot(np.arange(len(c), dtype=np.float64), c)) / total for c in counts]
-        return self.index_to_lps(np.asarray([ijk]))[0]
+        return np.array([float(np.dot(np.arange(len(c), dtype=np.float64), c)) / total for c in counts])
+
+    def centroid_lps(self) -> np.ndarray:
+        """Centroid of the non-zero voxels in LPS millimetres."""
+        return self.index_to_lps(self.centroid_index()[None])[0]
 
 
 def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:

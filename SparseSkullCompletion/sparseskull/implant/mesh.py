@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from sparseskull.data.io import atomic_write
-from sparseskull.data.volume import Volume
+from sparseskull.data.volume import Volume, bounding_box
 
 SPACES = ("LPS", "RAS")
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # the LPS <-> RAS flip (its own inverse): the one home of it
@@ -71,11 +71,11 @@ def mask_to_mesh(mask: Volume, space: str = "LPS", sigma: float = 0.6, smoothing
     if space not in SPACES:
         raise ValueError(f"space must be LPS or RAS; got {space!r}")
     array = np.asarray(mask.array, dtype=bool)
-    ijk = np.argwhere(array)
-    if len(ijk) == 0:
+    box = bounding_box(array)
+    if box is None:
         raise MeshError("the mask is empty: there is no surface to mesh")
-    lo = np.maximum(ijk.min(axis=0) - pad, 0)  # crop to the object (plus a margin for the blur),
-    hi = ijk.max(axis=0) + pad + 1  # then pad with zeros so the surface closes at the volume border
+    lo = np.maximum(np.array([sl.start for sl in box]) - pad, 0)  # crop to the object (plus a margin for the blur),
+    hi = np.array([sl.stop for sl in box]) + pad  # then pad with zeros so the surface closes at the volume border
     crop = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     field = np.pad(crop.astype(np.float32), pad)
     if sigma > 0:

@@ -340,7 +340,7 @@ def preview(result: CompletionResult, path: Path, title: str = "") -> Path:
 
     has_implant = bool(result.implant.array.any())
     focus = result.implant if has_implant else result.defective
-    centre = [int(c) for c in np.argwhere(focus.array).mean(axis=0)]
+    centre = [int(c) for c in focus.centroid_index()]
     background = result.input if result.input is not None and result.input.shape == result.defective.shape else result.defective
     is_ct = background is result.input and not looks_like_mask(background)
     fig, axes = plt.subplots(1, 4, figsize=(20, 5.4), facecolor="black")

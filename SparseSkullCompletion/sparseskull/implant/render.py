@@ -136,7 +136,7 @@ def comparison_figure(defective: Volume, predicted: Volume, truth: Volume, path:
     import matplotlib.pyplot as plt
 
     focus = truth if truth.array.any() else (predicted if predicted.array.any() else defective)
-    centre = [int(c) for c in np.argwhere(focus.array).mean(axis=0)]
+    centre = [int(c) for c in focus.centroid_index()]
     view = view_towards(focus, defective) if focus is not defective else "oblique"
     skull = mask_to_polydata(defective)  # once for the three pictures: the slowest part of them
     renders = [
