@@ -71,13 +71,11 @@ def mask_to_mesh(mask: Volume, space: str = "LPS", sigma: float = 0.6, smoothing
     if space not in SPACES:
         raise ValueError(f"space must be LPS or RAS; got {space!r}")
     array = np.asarray(mask.array, dtype=bool)
-    box = bounding_box(array)
+    box = bounding_box(array, pad)  # crop to the object (plus a margin for the blur),
     if box is None:
         raise MeshError("the mask is empty: there is no surface to mesh")
-    lo = np.maximum(np.array([sl.start for sl in box]) - pad, 0)  # crop to the object (plus a margin for the blur),
-    hi = np.array([sl.stop for sl in box]) + pad  # then pad with zeros so the surface closes at the volume border
-    crop = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    field = np.pad(crop.astype(np.float32), pad)
+    lo = np.array([sl.start for sl in box])
+    field = np.pad(array[box].astype(np.float32), pad)  # then pad with zeros so the surface closes at the volume border
     if sigma > 0:
         field = ndimage.gaussian_filter(field, sigma)
     image = vtk.vtkImageData()
