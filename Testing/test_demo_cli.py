@@ -87,6 +87,24 @@ def test_command_is_installed_and_lists_its_subcommands():
     assert module.stdout.startswith("sparseskull ")
 
 
+def test_help_answers_without_importing_torch_or_scipy():
+    """Every subcommand's --help comes from the parser alone: torch (3-4 s to import) and scipy load with the work."""
+    code = ("import sys\nfrom sparseskull.cli import build_parser\n"
+            "parser = build_parser()\n"
+            "for sub in ('demo', 'complete', 'evaluate', 'models', 'make-data', 'bench'):\n"
+            "    try:\n        parser.parse_args([sub, '--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'scipy', 'SimpleITK', 'vtk') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    # the engine's names still load on first use, and an unknown one is an AttributeError
+    import sparseskull.sparse as sparse
+
+    assert sparse.SparseTensor.__module__ == "sparseskull.sparse.tensor" and callable(sparse.union)
+    assert set(sparse.BACKENDS) == {"torch", "minkowski", "spconv"}
+    with pytest.raises(AttributeError):
+        sparse.no_such_name  # noqa: B018
+
+
 @pytest.mark.slow
 def test_cli_reports_bad_threshold_without_a_traceback(tmp_path):
     exe = shutil.which("sparseskull")

@@ -78,7 +78,7 @@ def complete_options(args):
 def _option_arguments(p: argparse.ArgumentParser, names=None) -> None:
     """Flags built from CompleteOptions' schema (implant.options): every option with a flag, or those in ``names``."""
     from sparseskull.implant.options import CompleteOptions, option_flags
-    from sparseskull.sparse.backends import BACKENDS
+    from sparseskull.sparse import BACKENDS  # the names only: no torch
 
     default = CompleteOptions()
     for f in option_flags():

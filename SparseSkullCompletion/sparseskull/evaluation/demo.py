@@ -15,9 +15,8 @@ import numpy as np
 
 from sparseskull.data.sample import FILES, load_sample, sample_dir
 from sparseskull.evaluation.metrics import dice, implant_metrics, reconstruction_error
-from sparseskull.implant.options import CompleteOptions
+from sparseskull.implant.options import DEFAULT_THRESHOLD_HU, CompleteOptions
 from sparseskull.implant.pipeline import CompletionResult, run_complete
-from sparseskull.implant.skull import DEFAULT_THRESHOLD_HU
 
 
 def compare_with_truth(result: CompletionResult, truth_implant, truth_complete, truth_defective=None) -> dict:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from sparseskull.implant.skull import DEFAULT_THRESHOLD_HU
+DEFAULT_THRESHOLD_HU = 300.0
+"""Between soft tissue (< 100 HU) and the diploe of the vault (about 700 HU and up)."""
 
 STAGES = ("read", "skull", "model grid", "network", "super-resolution", "CT grid", "clean", "mesh", "write")
 

@@ -6,9 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from sparseskull.data.volume import Volume
-
-DEFAULT_THRESHOLD_HU = 300.0
-"""Between soft tissue (< 100 HU) and the diploe of the vault (about 700 HU and up)."""
+from sparseskull.implant.options import DEFAULT_THRESHOLD_HU
 
 
 class NoBoneError(ValueError):

@@ -6,16 +6,23 @@
 The engine knows nothing of skulls.
 """
 
-from sparseskull.sparse.functional import PointExplosionError, conv, generative_conv_transpose, prune, target_mask, union
-from sparseskull.sparse.tensor import CoordinateSet, SparseTensor
+from importlib import import_module
 
-__all__ = [
-    "CoordinateSet",
-    "PointExplosionError",
-    "SparseTensor",
-    "conv",
-    "generative_conv_transpose",
-    "prune",
-    "target_mask",
-    "union",
-]
+BACKENDS = ("torch", "minkowski", "spconv")
+"""The engines a network runs on (sparse/backends/). Naming them needs no torch, so a command line offers them at once."""
+
+# PEP 562: the package's names load their module (and torch) when first asked for, not when the package is
+# imported, so `sparseskull --help` answers in a fraction of a second instead of the 3-4 s of importing torch
+_HOMES = {"PointExplosionError": "functional", "conv": "functional", "generative_conv_transpose": "functional", "prune": "functional",
+          "target_mask": "functional", "union": "functional", "CoordinateSet": "tensor", "SparseTensor": "tensor"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["BACKENDS", *sorted(_HOMES)]

@@ -11,9 +11,8 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
+from sparseskull.sparse import BACKENDS
 from sparseskull.sparse.tensor import SparseTensor
-
-BACKENDS = ("torch", "minkowski", "spconv")
 
 
 def ops_for(x) -> ModuleType:
