@@ -200,6 +200,20 @@ def test_coarse_cache_is_keyed_by_content_so_a_moved_or_touched_mask_still_finds
     assert np.array_equal(np.asarray(pairs.read_at(first, 32).array), np.asarray(downsample_to(other, 32).array))
 
 
+def test_block_fraction_is_each_blocks_share_of_bone_for_any_factors_and_sizes(rng):
+    from sparseskull.data.resample import block_fraction
+
+    for shape, factors in [((7, 9, 5), 2), ((16, 16, 16), 4), ((10, 11, 13), (2, 3, 1)), ((5, 5, 5), 1), ((9, 8, 7), (4, 4, 2)),
+                           ((20, 20, 20), (8, 8, 4))]:  # 256 voxels a block: past uint8's counts
+        f = (factors,) * 3 if isinstance(factors, int) else factors
+        mask = rng.random(shape) > (0.0 if shape == (20, 20, 20) else 0.6)  # the last one solid: full blocks count 256
+        counts = np.zeros([-(-n // k) for n, k in zip(shape, f)])
+        for i, j, k in np.argwhere(mask):  # each bone voxel counts in its block: the definition, voxel by voxel
+            counts[i // f[0], j // f[1], k // f[2]] += 1
+        got = block_fraction(mask, factors)
+        assert got.dtype == np.float64 and np.array_equal(got, counts / np.prod(f)), (shape, factors)
+
+
 def test_block_max_is_the_max_over_each_block_for_any_factors_and_sizes(rng):
     from sparseskull.data.resample import block_max
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sparseskull.data.io import read_mask, write_volume
+from sparseskull.data.resample import block_fraction
 from sparseskull.data.sample import load_sample, sample_dir
 from sparseskull.data.volume import Volume
 from sparseskull.implant.clean import clean_implant
-from sparseskull.implant.grid import ModelGrid, block_fraction, to_model_grid
+from sparseskull.implant.grid import ModelGrid, to_model_grid
 from sparseskull.implant.mesh import check_mesh, mesh_centroid, read_stl
 from sparseskull.implant.options import CompleteOptions, InputError
 from sparseskull.implant.pipeline import complete_skull, planned_stages, run_complete

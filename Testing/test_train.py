@@ -190,7 +190,7 @@ class _KnownCompletion:
         self.info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], resolution=64, spacing_mm=spacing)
 
     def __call__(self, coarse, grid):
-        from sparseskull.implant.grid import block_fraction
+        from sparseskull.data.resample import block_fraction
 
         fine = np.zeros(grid.fine_shape(), bool)
         src = self.complete[grid.lo[0]:grid.lo[0] + fine.shape[0], grid.lo[1]:grid.lo[1] + fine.shape[1], grid.lo[2]:grid.lo[2] + fine.shape[2]]

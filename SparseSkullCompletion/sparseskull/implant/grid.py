@@ -8,22 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from sparseskull.data.resample import upsample
-from sparseskull.data.volume import Volume
+from sparseskull.data.resample import block_fraction, upsample
+from sparseskull.data.volume import Volume, bounding_box
 from sparseskull.implant.options import InputError
 
 
 def model_factors(volume: Volume, model_spacing) -> tuple[int, int, int]:
     """Integer block sizes per axis that bring ``volume``'s spacing closest to the model's."""
     return tuple(max(1, int(round(m / s))) for m, s in zip(model_spacing, volume.spacing_mm))
-
-
-def block_fraction(mask: np.ndarray, factors) -> np.ndarray:
-    """Share of foreground voxels in each block of ``factors`` (the last blocks zero-padded)."""
-    m = np.pad(mask, [(0, (-n) % f) for n, f in zip(mask.shape, factors)])
-    sx, sy, sz = (n // f for n, f in zip(m.shape, factors))
-    counts = m.reshape(sx, factors[0], sy, factors[1], sz, factors[2]).sum(axis=(1, 3, 5), dtype=np.int32)
-    return counts / float(np.prod(factors))
 
 
 @dataclass
@@ -62,8 +54,10 @@ def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: flo
     """The skull block-averaged to the model's spacing (a coarse voxel is bone when at least half its
     block is, as the training copies were made), cropped to the skull with ``margin`` voxels of room."""
     factors = model_factors(skull, model_spacing)
-    ijk = np.argwhere(skull.array)
-    lo, hi = ijk.min(axis=0), ijk.max(axis=0) + 1
+    box = bounding_box(np.asarray(skull.array, bool))
+    if box is None:
+        raise InputError("the skull mask is empty: there is no bone on the model's grid")
+    lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
     shape = tuple(int(-(-(h - lo_) // f)) for lo_, h, f in zip(lo, hi, factors))
     limit = max_extent * resolution
     if max(shape) > limit:

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from sparseskull.data.resample import block_fraction
 from sparseskull.data.volume import Volume
-from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, block_fraction, model_factors
+from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, model_factors
 from sparseskull.implant.network import voted_points
 from sparseskull.implant.options import InputError, check_passes
 from sparseskull.sparse.functional import PointExplosionError
