@@ -24,7 +24,7 @@ def block_grid(volume: Volume, factor: int) -> tuple[tuple[int, int, int], tuple
 
 def _blockwise(mask: np.ndarray, factors, combine, dtype=None) -> np.ndarray:
     """Reduce each block of ``factors`` voxels per axis with ``combine`` (a ufunc: np.maximum, np.add), the last
-    blocks zero-padded. One axis at a time, over its ``factor`` strided slices: 8 to 30 times faster on a 512^2 x Z
+    blocks zero-padded. One axis at a time, over its ``factor`` strided slices: 8 to 17 times faster on a 512^2 x Z
     mask than a reduction over a 6-axis reshape, which numpy does slowly (0.06 s against 0.5 to 1.0 s)."""
     factors = (factors,) * 3 if isinstance(factors, int) else tuple(factors)
     m = np.pad(mask, [(0, (-n) % f) for n, f in zip(mask.shape, factors)])

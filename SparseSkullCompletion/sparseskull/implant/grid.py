@@ -56,7 +56,7 @@ def to_model_grid(skull: Volume, model_spacing, resolution: int, max_extent: flo
     factors = model_factors(skull, model_spacing)
     box = bounding_box(np.asarray(skull.array, bool))
     if box is None:
-        raise InputError("the skull mask is empty: there is no bone on the model's grid")
+        raise InputError("the skull mask is empty: there is no skull to complete")
     lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
     shape = tuple(int(-(-(h - lo_) // f)) for lo_, h, f in zip(lo, hi, factors))
     limit = max_extent * resolution
