@@ -7,7 +7,7 @@ import torch
 from sparseskull.cli import main
 from sparseskull.data.resample import downsample_to
 from sparseskull.data.synth.defects import cut_random_defect
-from sparseskull.nets.sparse_net import SparseCompletionNet, layer_table, parse_channels
+from sparseskull.nets.sparse_net import SparseCompletionNet, completion_loss, layer_table, parse_channels, widen
 from sparseskull.sparse import SparseTensor
 
 
@@ -281,3 +281,38 @@ def test_a_skip_network_learns_a_skull_faster(small_case):
             opt.step()
         final[skips] = float(loss.detach())
     assert final[True] < 0.7 * final[False], final
+
+
+# ---------------------------------------------------------------------------- widening
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_widened_network_computes_the_same_and_its_new_channels_learn(small_case, mode):
+    """``widen`` grows every level; in float64 the wide network keeps the narrow one's points and logits at every
+    level (with trained-looking norm statistics in eval, batch statistics in training), and the loss reaches the new
+    channels' weights, the zeroed ones into the old channels included."""
+    torch.manual_seed(0)
+    x, target = small_case
+    narrow = SparseCompletionNet("ch1", skips=True).double()
+    for module in narrow.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    wide = widen(narrow, "12,8,24,16,48,40,96")
+    assert wide.channels == (12, 8, 24, 16, 48, 40, 96) and wide.skips
+    assert wide.parameter_count() > narrow.parameter_count()
+    narrow.train(mode == "train")
+    wide.train(mode == "train")
+    x = x.replace(x.feats.double())
+    a, b = narrow(x, target=target, oracle=True), wide(x, target=target, oracle=True)  # every level runs
+    assert [level.kept for level in a.levels] == [level.kept for level in b.levels]
+    for la, lb in zip(a.levels, b.levels):
+        torch.testing.assert_close(lb.logits, la.logits, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b.output.coords, a.output.coords, rtol=0, atol=0)
+    completion_loss(b).backward()
+    first_refine = wide.refine[-1][0].weight  # the finest level's conv: 8 old channels of 12
+    assert first_refine.grad[:, 8:, :8].abs().sum() > 0  # the zeroed weights get gradient, so the new channels come into use
+    with pytest.raises(ValueError, match="at least as wide"):
+        widen(narrow, "4,8,16,16,32,32,64")

@@ -316,8 +316,19 @@ def test_init_takes_a_shipped_models_name_and_a_wrong_one_fails_before_any_skull
             code = main(["--data", str(tiny_data), "--out", str(tmp_path / "x"), "--init", init, "--no-progress"] + (["--skips"] if skips else []))
             assert code == 1 and message in capsys.readouterr().err, init
             assert not (tmp_path / "x").exists()
-        with pytest.raises(ValueError, match=r"channels \[8, 8, 16, 16, 32, 32, 64\], but this run trains \[16,"):
-            train(_config(tiny_data, tmp_path / "y", skips=True, channels="16,16,16,16,32,32,64", init="skullfix-skip-ch1-128"), progress=False)
+        with pytest.raises(ValueError, match=r"channels \[8, 8, 16, 16, 32, 32, 64\], but this run trains \[4, .*never narrowed"):
+            train(_config(tiny_data, tmp_path / "y", skips=True, channels="4,8,16,16,32,32,64", init="skullfix-skip-ch1-128"), progress=False)
     result = train(_config(tiny_data, tmp_path / "tuned", skips=True, steps=1, resolution=128, init="skullfix-skip-ch1-128"), progress=False)
     record = read_info(result.model_path).training
     assert Path(record["init"]) == models_dir() / "skullfix-skip-ch1-128.safetensors"
+
+
+def test_init_widens_a_narrower_model(tiny_data, tmp_path, capsys):
+    """--init with a model narrower at some levels (none wider) starts a wider run from it, and says so."""
+    from sparseskull.nets.files import load_model
+
+    result = train(_config(tiny_data, tmp_path / "wide", skips=True, steps=1, resolution=128, channels="8,8,16,16,32,48,96",
+                           init="skullfix-skip-ch1-128"), progress=False)
+    assert "widened to [8, 8, 16, 16, 32, 48, 96]" in capsys.readouterr().err
+    model, _ = load_model(result.model_path)
+    assert model.channels == (8, 8, 16, 16, 32, 48, 96) and model.skips

@@ -167,6 +167,34 @@ class SparseCompletionNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def widen(model: SparseCompletionNet, channels) -> SparseCompletionNet:
+    """The same function on a wider network: ``model`` grown to ``channels`` (each level at least as wide).
+
+    Each weight is copied into the leading slice of the wider one; the weights from the new input channels into the
+    old output channels are zero, and everything else new keeps the fresh network's initialisation. So the old
+    channels compute exactly what they did (the new ones feed them nothing, the classifiers included), the output and
+    every level's pruning are unchanged, and the new channels, whose own weights are random, get gradients and learn
+    from there (a zero-initialised variant of Net2WiderNet, Chen et al. 2016). Training a wider network this way
+    starts from the narrow one's score instead of from scratch."""
+    wide = SparseCompletionNet(channels, skips=model.skips).to(next(model.parameters()).dtype)
+    old, new = model.channels, wide.channels
+    if any(n < o for o, n in zip(old, new)):
+        raise ValueError(f"cannot widen channels {list(old)} to {list(new)}: every level must be at least as wide")
+    state = wide.state_dict()
+    for name, small in model.state_dict().items():
+        big = state[name]
+        if small.dim() == 0 or small.shape == big.shape:
+            big.copy_(small)
+        elif small.dim() == 1:  # a bias or a batch norm's parameter or statistic: the new channels keep their init
+            big[: small.shape[0]] = small
+        else:  # (kernel^3, C_in, C_out)
+            _, c_in, c_out = small.shape
+            big[:, :c_in, :c_out] = small
+            big[:, c_in:, :c_out] = 0
+    wide.load_state_dict(state)
+    return wide
+
+
 def completion_loss(out: CompletionOutput) -> torch.Tensor:
     """Binary cross-entropy of every decoder level's classifier against its ground truth, averaged over
     levels (the paper's loss). Levels that generated no points are skipped."""

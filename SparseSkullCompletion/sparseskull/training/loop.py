@@ -48,6 +48,7 @@ from sparseskull.nets.sparse_net import (
     SparseCompletionNet,
     completion_loss,
     parse_channels,
+    widen,
 )
 from sparseskull.runtime import pick_device
 from sparseskull.sparse.backends import from_backend, to_backend
@@ -365,7 +366,11 @@ def _check_init(config: TrainConfig) -> str:
         raise ValueError(f"--init {config.init}: a {info.task} model, but this run trains {config.task}")
     channels = list(parse_channels(config.channels))
     if list(info.channels) != channels:
-        raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {channels}")
+        if any(o > n for o, n in zip(info.channels, channels)):
+            raise ValueError(f"--init {config.init}: channels {list(info.channels)}, but this run trains {channels} "
+                             "(a model can be widened, never narrowed)")
+        print(f"note: --init {config.init} has channels {list(info.channels)}: widened to {channels}, computing the same "
+              "function at the start (the new channels' weights into the old ones are zero)", file=sys.stderr)
     if bool(info.skips) != bool(config.skips):
         raise ValueError(f"--init {config.init}: {'with' if info.skips else 'without'} skip connections, but this run trains a network "
                          f"{'with' if config.skips else 'without'} them (--skips)")
@@ -379,6 +384,8 @@ def _init_from(model: SparseCompletionNet, path: str, task: str) -> None:
     from sparseskull.nets.files import load_model
 
     init, _ = load_model(path, task=task)
+    if init.channels != model.channels:
+        init = widen(init, model.channels)
     model.load_state_dict(init.state_dict())
 
 
