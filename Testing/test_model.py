@@ -316,3 +316,28 @@ def test_a_widened_network_computes_the_same_and_its_new_channels_learn(small_ca
     assert first_refine.grad[:, 8:, :8].abs().sum() > 0  # the zeroed weights get gradient, so the new channels come into use
     with pytest.raises(ValueError, match="at least as wide"):
         widen(narrow, "4,8,16,16,32,32,64")
+
+
+def test_the_loss_weighs_the_points_not_in_the_input(small_case):
+    """``given`` marks the input's own points at every level (with skips, every input point at the finest level);
+    ``new_point_weight`` weighs the others in each level's mean, against a float64 reference written out here, and
+    1 is the paper's plain mean."""
+    torch.manual_seed(0)
+    x, target = small_case
+    model = SparseCompletionNet("ch1", skips=True).double().train()
+    out = model(x.replace(x.feats.double()), target=target)
+    last = out.levels[-1]
+    assert int(last.given.sum()) == len(x.cset)  # the skip brings every input point to the finest level
+    assert bool((last.target | ~last.given).all())  # the input's points are all in the complete skull
+    assert 0 < int((~last.given).sum()) < len(last.given)
+    expected = []
+    for level in out.levels:
+        t = level.target.double()
+        bce = -(t * torch.nn.functional.logsigmoid(level.logits) + (1 - t) * torch.nn.functional.logsigmoid(-level.logits))
+        w = 1.0 + 4.0 * (~level.given).double()
+        expected.append((bce * w).sum() / w.sum())
+    torch.testing.assert_close(completion_loss(out, 5.0), torch.stack(expected).mean(), rtol=1e-12, atol=1e-12)
+    plain = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(lv.logits, lv.target.double()) for lv in out.levels]).mean()
+    torch.testing.assert_close(completion_loss(out), plain, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="positive"):
+        completion_loss(out, 0.0)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparseskull.sparse.backends import from_backend
 from sparseskull.sparse.functional import check_point_cap, generative_conv_transpose_elu
 from sparseskull.sparse.nn import (
     SparseActivation,
@@ -89,6 +90,7 @@ class LevelOutput:
     logits: torch.Tensor  # (N,) classifier logits of the generated points
     target: torch.Tensor | None  # (N,) bool, when a ground truth was given
     kept: int  # points kept by pruning
+    given: torch.Tensor | None = None  # (N,) bool, when a ground truth was given: the point is in the input at this level
 
 
 @dataclass
@@ -135,6 +137,7 @@ class SparseCompletionNet(nn.Module):
         if point_count(x) == 0:
             raise ValueError("the input skull is empty: there is nothing to complete")
         inputs = x
+        given_set = from_backend(inputs).cset if target is not None else None  # the input's points, for the loss's weights
         encoded = []  # the encoder's output at strides 1, 2, ..., 32: the skips' sources
         for block in self.encoder:
             x = block(x)
@@ -154,10 +157,11 @@ class SparseCompletionNet(nn.Module):
                 check_point_cap(point_count(x), generated, max_points, where)
             logits = features(classify(x))[:, 0]
             truth = target_mask(x, target) if target is not None else None
+            given = target_mask(x, given_set) if given_set is not None else None
             keep = truth if oracle else logits > tau
             if self.training and truth is not None and not last:
                 keep = keep | truth
-            levels.append(LevelOutput(logits, truth, int(keep.sum())))
+            levels.append(LevelOutput(logits, truth, int(keep.sum()), given))
             x = prune(x, keep)
             if point_count(x) == 0:  # nothing kept: the completion is empty (and MinkowskiEngine
                 break  # cannot convolve an empty tensor), so the finer levels are not run
@@ -195,15 +199,29 @@ def widen(model: SparseCompletionNet, channels) -> SparseCompletionNet:
     return wide
 
 
-def completion_loss(out: CompletionOutput) -> torch.Tensor:
+def completion_loss(out: CompletionOutput, new_point_weight: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy of every decoder level's classifier against its ground truth, averaged over
-    levels (the paper's loss). Levels that generated no points are skipped."""
+    levels (the paper's loss). Levels that generated no points are skipped.
+
+    ``new_point_weight``: the weight of the points that are not in the input at their level (the bone to add and
+    the generated points to drop) against 1 for the input's own points, each level's mean taken over the weights.
+    With skip connections most points of the fine levels are the input's, which the network learns to keep early;
+    the default 1 is the paper's plain mean."""
+    if new_point_weight <= 0:
+        raise ValueError(f"new_point_weight must be positive; got {new_point_weight}")
     terms = []
     for level in out.levels:
         if level.target is None:
             raise ValueError("the loss needs the ground truth: call the network with target=...")
-        if level.logits.numel():
-            terms.append(nn.functional.binary_cross_entropy_with_logits(level.logits, level.target.to(level.logits.dtype)))
+        if not level.logits.numel():
+            continue
+        target = level.target.to(level.logits.dtype)
+        if new_point_weight == 1.0:
+            terms.append(nn.functional.binary_cross_entropy_with_logits(level.logits, target))
+        else:
+            weight = torch.where(level.given, 1.0, new_point_weight).to(level.logits.dtype)
+            bce = nn.functional.binary_cross_entropy_with_logits(level.logits, target, reduction="none")
+            terms.append((bce * weight).sum() / weight.sum())
     if not terms:
         raise ValueError("no decoder level generated any point: nothing to learn from")
     return torch.stack(terms).mean()

@@ -87,6 +87,7 @@ class TrainConfig:
     shift: int = 8
     crop: int | None = None  # train on boxes of this many voxels a side around random bone (large grids); None: whole skulls
     tau: float = 0.0
+    new_point_weight: float = 1.0  # the loss's weight of the points not in the input (completion_loss); 1: the paper's mean
     max_cases: int | None = None
     device: str = "auto"
     backend: str = "torch"
@@ -108,6 +109,8 @@ class TrainConfig:
         if self.task == "completion" and self.sr_from is not None:
             raise ValueError("--sr-from is for --task super-resolution")
         parse_channels(self.channels)
+        if not self.new_point_weight > 0:
+            raise ValueError(f"--new-point-weight must be positive; got {self.new_point_weight}")
         unknown = set(self.classes) - set(DEFECT_CLASSES)
         if unknown:
             raise ValueError(f"unknown defect classes {sorted(unknown)}; choose from {', '.join(DEFECT_CLASSES)}")
@@ -494,7 +497,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 x, target = collate(next(batches), device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     out_net = model(to_backend(x, config.backend), target=target)
-                    loss = completion_loss(out_net)
+                    loss = completion_loss(out_net, config.new_point_weight)
                 optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 _all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None], dist_info)
@@ -625,6 +628,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "batch_size": config.batch_size,
             "lr": config.lr,
             **({"crop": config.crop} if config.crop else {}),
+            **({"new_point_weight": config.new_point_weight} if config.new_point_weight != 1.0 else {}),
             "augmentation": {"flip_axes": list(config.flip_axes), "rotate_deg": config.rotate_deg, "shift": config.shift,
                              "new_defects": config.new_defects, "classes": list(config.classes)},
             "seed": config.seed,
@@ -692,6 +696,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--classes", nargs="+", default=list(d.classes), help="defect classes cut on the fly")
+    p.add_argument("--new-point-weight", type=float, default=d.new_point_weight,
+                   help="the loss's weight of the points not in the input (the bone to add, the points to drop) against 1 for "
+                   "the input's own (default 1: the paper's plain mean)")
     p.add_argument("--new-defects", type=float, default=d.new_defects, help="share of pairs with a new defect where the data has its own")
     p.add_argument("--flip-axes", type=int, nargs="*", default=list(d.flip_axes), help="array axes to mirror at random (default 0: left-right)")
     p.add_argument("--rotate-deg", type=float, default=d.rotate_deg)
