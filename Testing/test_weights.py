@@ -129,3 +129,29 @@ def test_skips_are_recorded_and_a_file_without_the_key_loads_as_before(tmp_path)
 
     with pytest.raises(ValueError, match="skips"):
         save_model(model, tmp_path / "x.safetensors", ModelInfo(channels=CH))
+
+
+def test_half_files_store_float16_convolutions_and_load_as_float32(tmp_path):
+    """``half=True`` stores the convolutions' weights in float16 (half the bytes), batch norms and biases in float32;
+    loading gives a float32 model with exactly the float16-rounded weights, checked by the file's checksum."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    model = SparseCompletionNet(CH, skips=True).eval()
+    info = ModelInfo(channels=CH, task="completion", resolution=128, spacing_mm=(1.8, 1.8, 3.6), skips=True)
+    full, half = save_model(model, tmp_path / "f.safetensors", info), save_model(model, tmp_path / "h.safetensors", info, half=True)
+    with safe_open(str(half), framework="pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes["refine.0.0.weight"] == torch.float16 and dtypes["refine.0.1.running_var"] == torch.float32
+    assert dtypes["classify.0.bias"] == torch.float32
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+    loaded, _ = load_model(half)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, name
+        expected = a.half().float() if a.dim() >= 2 else a
+        assert torch.equal(b, expected), name
+    with pytest.raises(ModelFileError, match="checksum"):
+        data = bytearray(half.read_bytes())
+        data[-3] ^= 0xFF
+        half.write_bytes(bytes(data))
+        load_model(half)

@@ -31,6 +31,7 @@ def main() -> int:
     p.add_argument("name")
     p.add_argument("--held-out", nargs="+", required=True, help="case ids no training stage saw")
     p.add_argument("--hardware", required=True)
+    p.add_argument("--float16", action="store_true", help="store the convolutions' weights in float16 (half the file; see save_model)")
     a = p.parse_args()
     model, info = load_model(a.model)
     stages = _chain(info.training)
@@ -40,9 +41,10 @@ def main() -> int:
         stage_val = json.loads(config.read_text()).get("val_skulls")
     training = {**info.training, "stage_val_case_ids": stage_val, "val_case_ids": list(a.held_out),
                 "total_steps": sum(int(t.get("steps", 0)) for t in stages),
-                "total_seconds": round(sum(float(t.get("seconds", 0.0)) for t in stages), 1), "hardware": a.hardware}
+                "total_seconds": round(sum(float(t.get("seconds", 0.0)) for t in stages), 1), "hardware": a.hardware,
+                **({"stored": "convolution weights in float16"} if a.float16 else {})}
     target = models_dir() / f"{a.name}.safetensors"
-    save_model(model, target, replace(info, training=training))
+    save_model(model, target, replace(info, training=training), half=a.float16)
     print(f"{target}: {training['total_steps']} steps in {training['total_seconds']} s over {len(stages)} stages")
     return 0
 

@@ -22,14 +22,17 @@ import numpy as np
 def _label(run: Path) -> str:
     config = json.loads((run / "config.json").read_text())
     where = "GPU" if str(config.get("device", "")).startswith("cuda") else "CPU"
+    weight = config.get("new_point_weight", 1.0)
     return (f"{config['resolution']}, {config['channels']}, {'skips' if config.get('skips') else 'no skips'}, "
-            f"batch {config['batch_size']}, {config['steps']} steps {where}")
+            f"batch {config['batch_size']}, lr {config['lr']:g}, {config['steps']} steps {where}"
+            + (f", new-point weight {weight:g}" if weight != 1.0 else ""))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders; A+B: B continues A")
     p.add_argument("--out", required=True)
+    p.add_argument("--ylim", nargs=2, type=float, metavar=("LOW", "HIGH"), help="the validation panel's range (default 0 to 1 for completion)")
     p.add_argument("--super-resolution", action="store_true", help="super-resolution runs: their validation DSC of the whole fine skull "
                    "(val_dsc), with the network's input (nearest upsampling) dashed")
     a = p.parse_args()
@@ -66,10 +69,12 @@ def main() -> int:
         ax[1].plot(steps[k - 1:], smooth, color=line.get_color(), label=label)
     ax[0].set_xlabel("training step")
     ax[0].set_ylabel("val. DSC of the fine skull (one pass)" if a.super_resolution else "val. implant DSC (network alone, model grid)")
-    if not a.super_resolution:
+    if a.ylim:
+        ax[0].set_ylim(*a.ylim)
+    elif not a.super_resolution:
         ax[0].set_ylim(0, 1)
     ax[0].grid(alpha=0.3)
-    ax[0].legend(fontsize=7, loc="lower right")
+    ax[0].legend(fontsize=7, loc="best" if a.ylim else "lower right")
     ax[1].set_yscale("log")
     ax[1].set_xlabel("training step")
     ax[1].set_ylabel("training loss (BCE, running mean)")
