@@ -11,7 +11,10 @@ everything that needs the GPU goes into one prepared call. In order:
 2. every ``--run`` at once for ``--calibrate`` steps, to measure each one's seconds a step with the others running;
 3. every run again, its ``--steps`` fitted to the time left (so its learning-rate schedule ends), validated halfway
    and at the end; a run still going near the deadline gets SIGTERM, which saves its checkpoint;
-4. each run's metrics, config and model (or checkpoint) packed into ``OUT/<name>.tar.gz``.
+4. each run's metrics, config and model (or checkpoint) packed into ``OUT/<name>.tar.gz``: a model over 15 MiB
+   re-saved with float16 convolution weights, and a package still over 15 MiB split into ``<name>.tar.gz.part0``,
+   ``part1``, ... (the tool returns at most 8 files of 16 MiB, 64 MiB in all; what it leaves out can be fetched from
+   ``--work`` by a next call while the machine is warm).
 
 Each ``--run`` is ``train_packed.py train``'s arguments (``--packed``, ``--tf32``, then ``--`` and `sparseskull train`'s
 options), without ``--out``, ``--steps`` and ``--val-every``, which this script sets. Prepare everything here (packed
@@ -124,13 +127,45 @@ def train(lease: Lease, runs: dict, rate: dict, startup: float, reserve: float) 
             os.killpg(p.pid, signal.SIGKILL)
         lease.say(n, "exit", p.returncode, "last row:", (rows(dirs[n]) or [{}])[-1])
     for n, d in dirs.items():
-        with tarfile.open(lease.out / f"{n}.tar.gz", "w:gz") as tar:
+        model = d / "model.safetensors"
+        if model.exists() and model.stat().st_size > PART_BYTES:
+            shrink(model)
+        tar_path = lease.out / f"{n}.tar.gz"
+        with tarfile.open(tar_path, "w:gz") as tar:
             for f in ("metrics.csv", "config.json", "model.safetensors"):
                 if (d / f).exists():
                     tar.add(d / f, arcname=f"{n}/{f}")
-            if not (d / "model.safetensors").exists() and (d / "checkpoint.pt").exists():
+            if not model.exists() and (d / "checkpoint.pt").exists():
                 tar.add(d / "checkpoint.pt", arcname=f"{n}/checkpoint.pt")
+        parts = split(tar_path)
+        if len(parts) > 1:
+            lease.say(n, f"{tar_path.name} in {len(parts)} parts (join: cat {n}.tar.gz.part* > {n}.tar.gz)")
     return list(dirs)
+
+
+PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB, at most 8 of them and 64 MiB in all
+
+
+def shrink(model: Path) -> None:
+    """A model file too large to come back whole, re-saved with float16 convolution weights (half the size; the
+    same as `package_model.py --float16` does when shipping)."""
+    from sparseskull.nets.files import load_model, save_model
+
+    net, info = load_model(model)
+    save_model(net, model, info, half=True)
+
+
+def split(path: Path) -> list[Path]:
+    """``path`` as it is when it fits in one returned file, else in numbered parts of PART_BYTES (the file removed)."""
+    if path.stat().st_size <= PART_BYTES:
+        return [path]
+    parts = []
+    with open(path, "rb") as f:
+        while chunk := f.read(PART_BYTES):
+            parts.append(path.with_name(f"{path.name}.part{len(parts)}"))
+            parts[-1].write_bytes(chunk)
+    path.unlink()
+    return parts
 
 
 def main() -> int:
