@@ -229,9 +229,10 @@ class SparseSkullCompletionWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return
         for line in job.poll():
             logging.info(line)
+        running = job.running()  # before the bar: a child that ends after poll() sets its fraction to 1 here
         self.ui.progressBar.setValue(int(100 * job.fraction))
         self.ui.statusLabel.text = job.stage
-        if job.running():
+        if running:
             return
         self.pollTimer.stop()
         self.job = None

@@ -491,3 +491,34 @@ def test_training_from_the_console_streams_and_registers_its_model(tiny_data, tm
     assert "registered my-run" in printed
     labels = [label for label, path in module.SparseSkullCompletionLogic.modelChoices()]
     assert "my-run (64^2, yours)" in labels
+
+
+def test_the_progress_bar_ends_full_when_the_run_ends_between_two_looks(monkeypatch):
+    """A run that ends after ``poll()`` took its last lines but before ``running()`` is asked sets its fraction to 1
+    only then: the bar must show that, not the last stage's 88%."""
+    import types
+    from unittest import mock
+
+    class EndsBetween:
+        stage, fraction, cancelled, returncode = "write", 8 / 9, False, 1
+
+        def poll(self):
+            return []
+
+        def running(self):
+            self.stage, self.fraction = "done", 1.0
+            return False
+
+        def error(self):
+            return "stopped"
+
+        log = []
+
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda *a, **k: None)
+    widget = module.SparseSkullCompletionWidget()
+    widget.ui = types.SimpleNamespace(progressBar=mock.MagicMock(), statusLabel=types.SimpleNamespace(text=""),
+                                      cancelButton=types.SimpleNamespace(enabled=True), applyButton=types.SimpleNamespace(enabled=False))
+    widget.pollTimer, widget.job = mock.MagicMock(), EndsBetween()
+    widget.onPoll()
+    widget.ui.progressBar.setValue.assert_called_with(100)
+    assert widget.job is None and widget.ui.applyButton.enabled is True
