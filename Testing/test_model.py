@@ -43,6 +43,16 @@ def test_info_command_prints_the_table(capsys):
     assert "434,686" in out and "generative transposed conv" in out
 
 
+def _trained_looking_norms(model) -> None:
+    """Batch norms with running statistics, scales and shifts away from their initial 0, 1, 1, 0."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+
+
 @pytest.fixture(scope="module")
 def small_case(skull_128):
     complete = downsample_to(skull_128.mask, 64)
@@ -169,12 +179,7 @@ def test_fused_inference_gives_the_layer_by_layer_answer(small_case):
     torch.manual_seed(0)
     x, target = small_case
     model = SparseCompletionNet("ch1").double().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.3, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
+    _trained_looking_norms(model)
     x = x.replace(x.feats.double())
     with torch.no_grad():
         fused = model(x, target=target, oracle=True)
@@ -294,12 +299,7 @@ def test_a_widened_network_computes_the_same_and_its_new_channels_learn(small_ca
     torch.manual_seed(0)
     x, target = small_case
     narrow = SparseCompletionNet("ch1", skips=True).double()
-    for module in narrow.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.3, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
+    _trained_looking_norms(narrow)
     wide = widen(narrow, "12,8,24,16,48,40,96")
     assert wide.channels == (12, 8, 24, 16, 48, 40, 96) and wide.skips
     assert wide.parameter_count() > narrow.parameter_count()
