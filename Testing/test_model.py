@@ -325,7 +325,9 @@ def test_the_loss_weighs_the_points_not_in_the_input(small_case):
     torch.manual_seed(0)
     x, target = small_case
     model = SparseCompletionNet("ch1", skips=True).double().train()
-    out = model(x.replace(x.feats.double()), target=target)
+    x = x.replace(x.feats.double())
+    assert all(level.given is None for level in model(x, target=target).levels)  # only marked where asked for
+    out = model(x, target=target, mark_given=True)
     last = out.levels[-1]
     assert int(last.given.sum()) == len(x.cset)  # the skip brings every input point to the finest level
     assert bool((last.target | ~last.given).all())  # the input's points are all in the complete skull
@@ -341,3 +343,5 @@ def test_the_loss_weighs_the_points_not_in_the_input(small_case):
     torch.testing.assert_close(completion_loss(out), plain, rtol=0, atol=0)
     with pytest.raises(ValueError, match="positive"):
         completion_loss(out, 0.0)
+    with pytest.raises(ValueError, match="mark_given=True"):
+        completion_loss(model(x, target=target), 5.0)

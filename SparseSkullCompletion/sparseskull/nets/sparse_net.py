@@ -90,7 +90,7 @@ class LevelOutput:
     logits: torch.Tensor  # (N,) classifier logits of the generated points
     target: torch.Tensor | None  # (N,) bool, when a ground truth was given
     kept: int  # points kept by pruning
-    given: torch.Tensor | None = None  # (N,) bool, when a ground truth was given: the point is in the input at this level
+    given: torch.Tensor | None = None  # (N,) bool, with a ground truth and mark_given: the point is in the input at this level
 
 
 @dataclass
@@ -127,17 +127,18 @@ class SparseCompletionNet(nn.Module):
             self.classify.append(SparseConv3d(c[i - 1], 1, 1, bias=True))
 
     def forward(self, x, target: CoordinateSet | None = None, tau: float = 0.0, max_points: int | None = None,
-                oracle: bool = False) -> CompletionOutput:
+                oracle: bool = False, mark_given: bool = False) -> CompletionOutput:
         """``x``: the defective skull (features 1, stride 1). ``target``: the complete skull's coordinates,
         which guide pruning in training. ``max_points``: cap on the points of any decoder level.
         ``oracle``: keep exactly the target's points at every level, the point counts of a perfect
-        network (benchmarks of an untrained network use it)."""
+        network (benchmarks of an untrained network use it). ``mark_given``: with a target, mark each level's
+        points that are in the input (``LevelOutput.given``), which a weighted loss needs and nothing else does."""
         if oracle and target is None:
             raise ValueError("oracle pruning needs the target")
         if point_count(x) == 0:
             raise ValueError("the input skull is empty: there is nothing to complete")
         inputs = x
-        given_set = from_backend(inputs).cset if target is not None else None  # the input's points, for the loss's weights
+        given_set = from_backend(inputs).cset if mark_given and target is not None else None
         encoded = []  # the encoder's output at strides 1, 2, ..., 32: the skips' sources
         for block in self.encoder:
             x = block(x)
@@ -219,6 +220,8 @@ def completion_loss(out: CompletionOutput, new_point_weight: float = 1.0) -> tor
         if new_point_weight == 1.0:
             terms.append(nn.functional.binary_cross_entropy_with_logits(level.logits, target))
         else:
+            if level.given is None:
+                raise ValueError("a new_point_weight needs the input's points: call the network with mark_given=True")
             weight = torch.where(level.given, 1.0, new_point_weight).to(level.logits.dtype)
             bce = nn.functional.binary_cross_entropy_with_logits(level.logits, target, reduction="none")
             terms.append((bce * weight).sum() / weight.sum())

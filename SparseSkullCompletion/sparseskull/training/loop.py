@@ -496,7 +496,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             for step in range(start, config.steps):
                 x, target = collate(next(batches), device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    out_net = model(to_backend(x, config.backend), target=target)
+                    out_net = model(to_backend(x, config.backend), target=target, mark_given=config.new_point_weight != 1.0)
                     loss = completion_loss(out_net, config.new_point_weight)
                 optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
