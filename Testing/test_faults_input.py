@@ -27,8 +27,11 @@ from sparseskull.implant.options import CompleteOptions, InputError
 from sparseskull.implant.pipeline import check_header, needed_memory_bytes, planned_stages
 
 CT = sample_dir() / "ct.nrrd"
-FAST = ["--no-preview", "--threads", "1", "--passes", "1"]  # these runs are about input and output, not the implant
-DEFAULT_STAGES = len(planned_stages(CompleteOptions()))  # the progress lines' count for the default model (9 for a pair)
+# these runs are about input and output, not the implant: one pass of the faster completion model, no super-resolution
+# stage (a --model after FAST overrides it)
+FAST_MODEL = "skullfix-skip-ch1-128"
+FAST = ["--no-preview", "--threads", "1", "--passes", "1", "--model", FAST_MODEL]
+FAST_STAGES = len(planned_stages(CompleteOptions(model=FAST_MODEL)))  # the progress lines' count for FAST's runs (8)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +230,7 @@ def test_an_output_path_that_is_a_file_is_refused_before_the_run(tmp_path):
     assert run.returncode == 1
     line = _error_line(run)
     assert str(target) in line and "an existing file, not a folder: choose another --out" in line
-    assert f"[2/{DEFAULT_STAGES}]" not in run.stderr  # refused before the work
+    assert f"[2/{FAST_STAGES}]" not in run.stderr  # refused before the work
     assert target.read_text() == "a file the user keeps\n" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -270,7 +273,7 @@ def test_a_disk_that_fills_while_writing_fails_in_one_line_and_keeps_the_previou
     run = _complete(tmp_path, CT, "--out", out, *FAST, preexec_fn=_file_size_limit(64 * 1024))
     assert run.returncode == 1, run.stderr
     line = _error_line(run)
-    assert f"[{DEFAULT_STAGES}/{DEFAULT_STAGES}] write" in run.stderr, run.stderr  # the work was done; the writing failed
+    assert f"[{FAST_STAGES}/{FAST_STAGES}] write" in run.stderr, run.stderr  # the work was done; the writing failed
     # the STL goes first, and VTK's writer says only that it failed (no errno); Python's and ITK's writers say "File too large"
     kept = "the previous outputs there are kept" if previous else "nothing was written"
     assert line == (f"sparseskull complete: error: {out}: writing the outputs failed (the STL could not be written); {kept}: "
@@ -359,7 +362,7 @@ def test_a_model_file_with_wrong_channels_is_refused_in_one_line(tmp_path):
     path = save_model(SparseCompletionNet("ch1"), tmp_path / "m.safetensors", ModelInfo(CHANNEL_PRESETS["ch1"], resolution=64,
                                                                                          spacing_mm=(3.74, 3.74, 4.98)))
     wrong = _relabelled(path, tmp_path / "wrong channels.safetensors", channels=list(CHANNEL_PRESETS["ch2"]))
-    run = _complete(tmp_path, CT, "--out", tmp_path / "out", "--model", wrong, *FAST)
+    run = _complete(tmp_path, CT, "--out", tmp_path / "out", *FAST, "--model", wrong)
     assert run.returncode == 1
     line = _error_line(run)
     assert not (tmp_path / "out").exists()

@@ -176,15 +176,18 @@ def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys, monkeypa
 # ------------------------------------------------------------------ the real command, killed (slow)
 
 
-def _start(out: Path) -> subprocess.Popen:
+def _start(out: Path, pair: bool = False) -> subprocess.Popen:
+    """The command, as a user starts it; ``pair``: with the default model (a pair where it is one: the super-resolution
+    stage runs), otherwise with the faster completion model alone, whose stages are the same but that one."""
     def default_signals():  # as from a terminal: a test runner started in the background may have inherited SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    # one network pass: these runs are about signals, not the implant (the default pair's stages all run, each faster)
+    # one network pass: these runs are about signals, not the implant
+    model = [] if pair else ["--model", "skullfix-skip-ch1-128"]
     return subprocess.Popen([sys.executable, "-m", "sparseskull", "complete", str(CT), "--out", str(out), "--no-preview", "--threads", "1",
-                             "--passes", "1"],
+                             "--passes", "1", *model],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_signals)
 
 
@@ -243,7 +246,7 @@ CASES = [c for c in CASES if c[0] in planned_stages(CompleteOptions())]  # super
 def test_a_signal_at_any_stage_leaves_out_absent_or_as_it_was(finished, tmp_path, stage, sig, into):
     out = tmp_path / "OUT"
     before = _previous_result(finished, out) if into == "previous" else None
-    run = _start(out)
+    run = _start(out, pair=stage == "super-resolution")
     seen = _wait_for_stage(run, stage)
     if stage == "write":  # the signal lands while the staging folder holds part of the output
         _stop_while_writing(run, out)

@@ -11,6 +11,7 @@ absolute CPU times drift on shared machines.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -370,7 +371,6 @@ def _network_one(pair_file: str, mode: str, kind: str, backend: str, threads: in
 def _skull_pair(case, resolution: int, seed: int):
     """(complete, defective) masks at ``resolution``: a real case's, or a generated skull's with a
     parietotemporal defect."""
-    import numpy as np
 
     from sparseskull.data.resample import downsample_to
 
@@ -379,14 +379,22 @@ def _skull_pair(case, resolution: int, seed: int):
 
         complete, defective = read_mask(case.complete), read_mask(case.defective)
     else:
-        from sparseskull.data.synth.defects import cut_random_defect
-        from sparseskull.data.synth.skull import generate_skull
-
-        complete = generate_skull(seed).mask
-        defective = cut_random_defect(complete, "parietotemporal", np.random.default_rng(0)).defective
+        complete, defective = _generated_pair(seed)
     if resolution != complete.shape[0]:
         complete, defective = downsample_to(complete, resolution), downsample_to(defective, resolution)
     return complete, defective
+
+
+@functools.lru_cache(maxsize=1)
+def _generated_pair(seed: int):
+    """A generated skull and its defective copy at 512^2 x Z, made once per seed (7 s) for every resolution and run."""
+    import numpy as np
+
+    from sparseskull.data.synth.defects import cut_random_defect
+    from sparseskull.data.synth.skull import generate_skull
+
+    complete = generate_skull(seed).mask
+    return complete, cut_random_defect(complete, "parietotemporal", np.random.default_rng(0)).defective
 
 
 def _memory_limit_gib() -> float:
