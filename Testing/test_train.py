@@ -332,3 +332,62 @@ def test_init_widens_a_narrower_model(tiny_data, tmp_path, capsys):
     assert "widened to [8, 8, 16, 16, 32, 48, 96]" in capsys.readouterr().err
     model, _ = load_model(result.model_path)
     assert model.channels == (8, 8, 16, 16, 32, 48, 96) and model.skips
+
+
+def _shell_pair(task: str):
+    """A shell with a hole (completion: the shell is the target) or the shell's blocky copy (super-resolution)."""
+    from sparseskull.data.pairs import Pair
+
+    g = np.indices((40, 40, 32)).reshape(3, -1).T
+    r = np.linalg.norm((g - [20, 20, 16]) / [1.0, 1.0, 0.8], axis=1)
+    shell = g[(r > 10) & (r < 13)] + 2
+    if task == "completion":
+        given = shell[~((shell[:, 0] > 28) & (np.abs(shell[:, 1] - 22) < 5))]
+    else:
+        corners = np.unique(shell // 2 * 2, axis=0)  # nearest upsampling of the shell's copy at half the resolution
+        given = (corners[:, None, :] + np.indices((2, 2, 2)).reshape(3, -1).T[None]).reshape(-1, 3)
+    return Pair(given, shell, "shell", None)
+
+
+@pytest.mark.parametrize("task", ["completion", "super-resolution"])
+def test_validation_votes_over_passes_as_the_pipeline_does(tmp_path, task):
+    """--val-passes: a network that echoes its input scores exactly the input's own DSC in 8 passes (each pass's shift and
+    mirror are undone); an untrained network's voted completion is the pipeline's run_network's, voxel for voxel."""
+    from types import SimpleNamespace
+
+    from sparseskull.evaluation.metrics import dice
+    from sparseskull.implant.network import run_network
+    from sparseskull.nets.sparse_net import SparseCompletionNet
+    from sparseskull.training.loop import validate
+
+    pair = _shell_pair(task)
+    config = TrainConfig(data="", out="", task=task, sr_from=None if task == "completion" else 32, val_passes=8)
+
+    class Echo:
+        def __call__(self, x, tau=0.0, **kwargs):
+            return SimpleNamespace(output=x)
+
+        def eval(self):
+            return self
+
+        def train(self):
+            return self
+
+    scores = validate(Echo(), [pair], config, "cpu")
+    assert 0.5 < scores["input_dsc"] < 1 and scores["dsc"] == pytest.approx(scores["input_dsc"], abs=1e-12)
+    if task == "completion":
+        assert scores["implant_dsc"] == 0.0  # nothing generated
+        torch.manual_seed(0)
+        net = SparseCompletionNet("ch1", skips=True).eval()
+        shape = tuple(int(n) for n in pair.target.max(axis=0) + 1 + 2 * 4)
+        given = np.zeros(shape, bool)
+        given[tuple(pair.inputs.T)] = True
+        truth = np.zeros(shape, bool)
+        truth[tuple(pair.target.T)] = True
+        done = run_network(net, given, "torch", "cpu", 0.0, passes=8)
+        voted = validate(net, [pair], config, "cpu")
+        assert voted["implant_dsc"] == pytest.approx(dice(done & ~given, truth & ~given), abs=1e-12)
+        assert voted["dsc"] == pytest.approx(dice(done, truth), abs=1e-12)
+        assert net.training  # validation hands the model back in training mode
+    with pytest.raises(ValueError, match="--val-passes must be between 1 and 8"):
+        replace(config, val_passes=9)

@@ -44,6 +44,7 @@ from sparseskull.data.pairs import (
     with_input,
 )
 from sparseskull.data.synth.defects import DEFECT_CLASSES
+from sparseskull.implant.options import MAX_PASSES
 from sparseskull.nets.sparse_net import (
     SparseCompletionNet,
     completion_loss,
@@ -78,6 +79,7 @@ class TrainConfig:
     warmup: int = 20
     validation: float = 0.2  # fraction (< 1) or count of skulls held out
     val_every: int = 100
+    val_passes: int = 1  # network passes the validation votes over, shifted and mirrored as in the pipeline (implant/network.py)
     checkpoint_every: int = 100
     seed: int = 0
     classes: tuple[str, ...] = DEFECT_CLASSES
@@ -98,7 +100,7 @@ class TrainConfig:
     skip_bad_cases: bool = False  # an unreadable case stops the run unless asked to go on without it (the model file lists it)
 
     # settings that may differ on --resume without changing the loss sequence
-    RUNTIME = ("device", "workers", "threads", "out", "data")
+    RUNTIME = ("device", "workers", "threads", "out", "data", "val_passes")
 
     def __post_init__(self) -> None:
         self.classes, self.flip_axes = tuple(self.classes), tuple(self.flip_axes)
@@ -117,6 +119,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 1 <= self.val_passes <= MAX_PASSES:
+            raise ValueError(f"--val-passes must be between 1 and {MAX_PASSES}; got {self.val_passes}")
         if self.backend not in ("torch", "minkowski"):
             raise ValueError(f"--backend must be torch or minkowski for training (spconv has no CPU backward); got {self.backend!r}")
 
@@ -318,7 +322,10 @@ def validate(model, pairs, config: TrainConfig, device) -> dict:
     """Mean DSC over the fixed validation pairs, in eval mode. Completion: the completed skull is the
     input plus what the network generates (the paper's Eq. 4), so ``dsc`` starts at the input's own
     DSC against the complete skull (``input_dsc``); ``implant_dsc`` scores what was added (completed
-    minus input) against the true implant (complete minus input), which is the part that is learned."""
+    minus input) against the true implant (complete minus input), which is the part that is learned.
+    With ``config.val_passes`` > 1 the network's passes vote as in the pipeline (:func:`validate_voted`)."""
+    if config.val_passes > 1:
+        return validate_voted(model, pairs, config, device)
     model.eval()
     dsc, implant, baseline = [], [], []
     with torch.no_grad():
@@ -333,6 +340,47 @@ def validate(model, pairs, config: TrainConfig, device) -> dict:
             dsc += dice_by_batch(pred, target, len(chunk))
             baseline += dice_by_batch(x.cset, target, len(chunk))
     model.train()
+    result = {"dsc": float(np.mean(dsc)), "input_dsc": float(np.mean(baseline))}
+    if implant:
+        result["implant_dsc"] = float(np.mean(implant))
+    return result
+
+
+def validate_voted(model, pairs, config: TrainConfig, device) -> dict:
+    """:func:`validate`'s scores with the pipeline's test-time passes: ``config.val_passes`` passes over each skull,
+    shifted and mirrored, voting as ``sparseskull complete`` does (completion keeps a generated voxel a quarter of the
+    passes generate, super-resolution a voxel half of them keep, placed at the pipeline's corner). One pass can rank
+    models differently from the pipeline's 8 (docs/models.md); this curve is the one the pipeline sees."""
+    from sparseskull.evaluation.metrics import dice
+    from sparseskull.implant.grid import GRID_MARGIN
+    from sparseskull.implant.network import pass_votes, voted_points
+    from sparseskull.implant.superres import sr_votes
+
+    passes = config.val_passes
+    completion = config.task == "completion"
+    dsc, implant, baseline = [], [], []
+
+    def mask(points, shape):
+        out = np.zeros(shape, bool)
+        out[tuple(points.T)] = True
+        return out
+
+    model.eval()
+    try:
+        for pair in pairs:
+            shape = tuple(int(n) for n in np.maximum(pair.inputs.max(axis=0), pair.target.max(axis=0)) + 1 + 2 * GRID_MARGIN)
+            given, target = mask(pair.inputs, shape), mask(pair.target, shape)
+            votes = voted_points(model, pair.inputs, shape, config.backend, device, config.tau, passes,
+                                 corner=None if completion else GRID_MARGIN)
+            if completion:
+                pred = given | (votes >= pass_votes(passes))
+                implant.append(dice(pred & ~given, target & ~given))
+            else:
+                pred = votes >= sr_votes(passes)
+            dsc.append(dice(pred, target))
+            baseline.append(dice(given, target))
+    finally:
+        model.train()
     result = {"dsc": float(np.mean(dsc)), "input_dsc": float(np.mean(baseline))}
     if implant:
         result["implant_dsc"] = float(np.mean(implant))
@@ -693,6 +741,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--validation", type=float, default=d.validation, help="held-out skulls: fraction (<1) or count")
     p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--val-passes", type=int, default=d.val_passes, help="network passes the validation votes over, as the pipeline's "
+                   "--passes (default 1; 8: the figure `sparseskull complete` sees, 8 times the validation's time)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--classes", nargs="+", default=list(d.classes), help="defect classes cut on the fly")
@@ -722,7 +772,7 @@ def config_from_args(args) -> tuple[TrainConfig, bool]:
     if args.resume:
         state = load_checkpoint(Path(args.resume) / "checkpoint.pt")
         saved = json.loads(state["config"])
-        saved.update(out=args.resume, device=args.device, workers=args.workers, threads=args.threads)
+        saved.update(out=args.resume, device=args.device, workers=args.workers, threads=args.threads, val_passes=args.val_passes)
         if args.data:
             saved["data"] = args.data
         return TrainConfig.from_dict(saved), True
