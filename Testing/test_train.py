@@ -349,6 +349,7 @@ def _shell_pair(task: str):
     return Pair(given, shell, "shell", None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["completion", "super-resolution"])
 def test_validation_votes_over_passes_as_the_pipeline_does(tmp_path, task):
     """--val-passes: a network that echoes its input scores exactly the input's own DSC in 8 passes (each pass's shift and

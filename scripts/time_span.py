@@ -2,6 +2,7 @@
 
     python scripts/time_span.py --data <SkullFix> --cases 046 005 [--repeats 3]
 
+To compare two versions, run it again with PYTHONPATH=<a worktree of the older commit>/SparseSkullCompletion.
 Prints, per case, the median seconds of `span_defect` and the plate's voxel count (so two versions can be checked to
 give the same plate as well as timed).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 from sparseskull.data.dataset import find_cases
@@ -24,6 +26,9 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", required=True)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
+    import sparseskull
+
+    print(f"sparseskull from {Path(sparseskull.__file__).parent}")  # a worktree of an older commit on PYTHONPATH times that one
     cases = {c.case_id: c for c in find_cases(a.data)}
     for case_id in a.cases:
         case = cases[case_id]
