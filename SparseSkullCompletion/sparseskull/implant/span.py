@@ -143,7 +143,9 @@ def span_defect(implant: np.ndarray, skull: Volume, centre: np.ndarray | None = 
     # march all lines together, a slab of radii at a time, in index space (the map is affine: the centre plus the
     # direction's step per mm), reading one lookup of 1 = bone, 2 = implant by flat index: a third of the time of
     # mapping every sample from LPS and reading the two masks separately
-    lookup = (bone.astype(np.uint8) | (implant.astype(np.uint8) << 1)).ravel()
+    lookup = np.asarray(implant, bool).view(np.uint8) << 1  # one byte a voxel, no other full-size temporary
+    lookup |= bone.view(np.uint8)
+    lookup = lookup.ravel()
     c_ijk = skull.lps_to_index(c[None])[0]
     d_ijk = skull.lps_to_index(c[None] + flat) - c_ijk
     shape = np.array(skull.shape)
