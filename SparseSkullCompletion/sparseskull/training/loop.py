@@ -353,7 +353,7 @@ def validate_voted(model, pairs, config: TrainConfig, device) -> dict:
     models differently from the pipeline's 8 (docs/models.md); this curve is the one the pipeline sees."""
     from sparseskull.evaluation.metrics import dice
     from sparseskull.implant.grid import GRID_MARGIN
-    from sparseskull.implant.network import pass_votes, voted_points
+    from sparseskull.implant.network import run_network, voted_points
     from sparseskull.implant.superres import sr_votes
 
     passes = config.val_passes
@@ -370,13 +370,11 @@ def validate_voted(model, pairs, config: TrainConfig, device) -> dict:
         for pair in pairs:
             shape = tuple(int(n) for n in np.maximum(pair.inputs.max(axis=0), pair.target.max(axis=0)) + 1 + 2 * GRID_MARGIN)
             given, target = mask(pair.inputs, shape), mask(pair.target, shape)
-            votes = voted_points(model, pair.inputs, shape, config.backend, device, config.tau, passes,
-                                 corner=None if completion else GRID_MARGIN)
-            if completion:
-                pred = given | (votes >= pass_votes(passes))
+            if completion:  # the pipeline's own network step
+                pred = run_network(model, given, config.backend, device, config.tau, passes)
                 implant.append(dice(pred & ~given, target & ~given))
-            else:
-                pred = votes >= sr_votes(passes)
+            else:  # as the super-resolution stage votes, from the corner where it places the skull
+                pred = voted_points(model, pair.inputs, shape, config.backend, device, config.tau, passes, corner=GRID_MARGIN) >= sr_votes(passes)
             dsc.append(dice(pred, target))
             baseline.append(dice(given, target))
     finally:
