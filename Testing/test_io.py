@@ -205,6 +205,12 @@ def test_swap_first_last_axes_is_a_contiguous_transposed_copy_for_every_voxel_ty
     assert source[0, 0, 0] == 0
 
 
+@pytest.mark.parametrize("tile", [1, 3, 4, 32])
+def test_swap_first_last_axes_in_tiles_copies_every_voxel_across_ragged_tile_edges(tile):
+    source = np.random.default_rng(0).integers(-1000, 3000, size=(9, 5, 11)).astype(np.int32)  # 9 and 11: no tile divides
+    np.testing.assert_array_equal(swap_first_last_axes(source, tile=tile), source.transpose(2, 1, 0))
+
+
 # --- coordinate frame ------------------------------------------------------------------------
 
 
