@@ -15,7 +15,7 @@ from sparseskull.data.synth.defects import (
 )
 from sparseskull.data.synth.skull import to_skull_frame
 from sparseskull.evaluation.metrics import dice
-from sparseskull.implant.skull import NoBoneError, skull_mask_from_ct
+from sparseskull.implant.skull import NoBoneError, largest_component, skull_mask_from_ct
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,23 @@ def test_threshold_recovers_the_skull_and_drops_the_table(ct_case):
     assert (raw & ~mask.array).sum() > 1000, "the table should pass the threshold and be removed"
     assert dice(mask.array, defect.defective.array) > 0.9
     assert not (mask.array & defect.implant.array).any() or (mask.array & defect.implant.array).sum() < 0.02 * defect.implant.array.sum()
+
+
+def test_largest_component_keeps_the_biggest_26_connected_piece_wherever_it_lies_in_the_grid():
+    mask = np.zeros((20, 30, 25), dtype=bool)
+    mask[2:6, 3:8, 20:25] = True  # 100 voxels at the grid's far edge
+    mask[6, 8, 19] = True  # touches it at a corner only: 26-connected, 101 voxels
+    mask[12:18, 20:24, 2:7] = True  # 120 voxels: the largest
+    mask[0, 29, 0] = True  # a speck in the grid's corner widens the box to the whole grid
+    kept = largest_component(mask)
+    assert kept.shape == mask.shape and kept.sum() == 120 and kept[12:18, 20:24, 2:7].all()
+    mask[2:6, 3:8, 15:20] = True  # the first piece grows to 201 voxels and wins
+    kept = largest_component(mask)
+    assert kept.sum() == 201 and kept[6, 8, 19] and not kept[0, 29, 0] and not kept[12:18, 20:24, 2:7].any()
+    lone = np.zeros((9, 9, 9), dtype=bool)
+    lone[8, 8, 8] = True
+    assert np.array_equal(largest_component(lone), lone)
+    assert not largest_component(np.zeros((4, 5, 6), dtype=bool)).any()
 
 
 def test_ct_without_bone_is_refused_clearly(ct_case):

