@@ -354,6 +354,30 @@ def test_minimum_thickness_grows_a_thin_plate_inwards_only(spacing):
 
 
 @pytest.mark.slow
+def test_line_hits_marches_like_a_point_by_point_lookup_on_a_mirrored_anisotropic_grid():
+    from sparseskull.data.anatomy import line_hits
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((23, 17, 11)) > 0.9  # scattered bone: some lines miss it, some hit it
+    mask[:, :, 0] = True  # a wall on one face
+    affine = np.array([[-1 / 0.7, 0.1, 0.0, 22.0], [0.05, 1 / 0.45, 0.0, -3.0], [0.0, 0.0, 1 / 1.25, 2.0]])  # LPS -> index, mirrored
+    to_index = lambda q: q @ affine[:, :3].T + affine[:, 3]  # noqa: E731
+    lps = rng.uniform([-3.0, 4.0, -5.0], [19.0, 17.0, 14.0], size=(4000, 3))  # the grid spans about x 0.6-16, y 6.7-14, z -2.5-11 mm
+    outward = rng.normal(size=(4000, 3))
+    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
+    distances = np.arange(0.5, 12.0 + 1e-9, 0.5)
+    expected = np.zeros(len(lps), bool)  # the plain definition: every point of every line, one at a time
+    for d in distances:
+        c = np.rint(to_index(lps + d * outward)).astype(int)
+        ok = np.all((c >= 0) & (c < np.array(mask.shape)), axis=1)
+        expected[ok] |= mask[tuple(c[ok].T)]
+    got = line_hits(mask, to_index, lps, outward, distances)
+    assert 0.2 < expected.mean() < 0.8  # both answers occur
+    assert np.array_equal(got, expected)
+    assert not line_hits(np.zeros((4, 4, 4), bool), to_index, lps[:10], outward[:10], distances).any()
+    assert line_hits(mask, to_index, lps[:0], outward[:0], distances).shape == (0,)
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 1.25)], ids=["isotropic", "anisotropic"])
 def test_reach_filter_drops_layers_on_intact_bone_and_keeps_plates(spacing):
     """A spherical skull 7 mm thick (outer radius 70 mm) with a large cap cut off. The network's typical mistake

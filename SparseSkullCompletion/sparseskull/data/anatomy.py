@@ -36,10 +36,43 @@ def outward_directions(skull: Volume, lps: np.ndarray, centre: np.ndarray | None
 
 def line_hits(mask: np.ndarray, to_index, lps: np.ndarray, outward: np.ndarray, distances) -> np.ndarray:
     """For each point, whether ``mask`` holds any of the points ``distances`` mm out along its line (``to_index``:
-    LPS to ``mask``'s fractional indices; points off the mask count as empty)."""
+    LPS to ``mask``'s fractional indices, an affine map; points off the mask count as empty).
+    The lines are marched in index space over the mask framed by one empty voxel (an index off the mask is clipped
+    onto the frame), and a point leaves the march at its first hit."""
     hit = np.zeros(len(lps), bool)
+    if len(lps) == 0 or mask.size == 0:
+        return hit
+    base = np.asarray(to_index(lps), float)
+    along = np.asarray(to_index(lps + outward), float) - base  # index steps per mm of each line (affine: exact)
+    framed = np.pad(np.asarray(mask, dtype=bool), 1)
+    flat = framed.ravel()
+    strides = [float(np.prod(framed.shape[a + 1:])) for a in range(3)]
+    todo = np.arange(len(lps))
+    b, a = base.T.copy(), along.T.copy()  # one row an axis: each step is three 1D passes
     for distance in distances:
-        c = np.rint(to_index(lps + distance * outward)).astype(int)
-        ok = np.all((c >= 0) & (c < np.array(mask.shape)), axis=1)
-        hit[ok] |= mask[tuple(c[ok].T)]
+        index = np.zeros(len(todo))
+        for axis in range(3):
+            index += (np.clip(np.rint(b[axis] + distance * a[axis]), -1, framed.shape[axis] - 2) + 1) * strides[axis]
+        found = flat[index.astype(np.int64)]
+        if found.any():
+            hit[todo[found]] = True
+            todo, b, a = todo[~found], b[:, ~found], a[:, ~found]
+            if not len(todo):
+                break
+    return hit
+    base = np.asarray(to_index(lps), float)
+    along = np.asarray(to_index(lps + outward), float) - base  # index steps per mm of each line (affine: exact)
+    flat = np.ascontiguousarray(mask, dtype=bool).ravel()
+    strides = np.array([int(np.prod(mask.shape[a + 1:])) for a in range(mask.ndim)])
+    last = np.array(mask.shape) - 1
+    todo = np.arange(len(lps))
+    for distance in distances:
+        if not len(todo):
+            break
+        c = np.rint(base[todo] + distance * along[todo])
+        ok = np.all((c >= 0) & (c <= last), axis=1)
+        found = np.zeros(len(todo), bool)
+        found[ok] = flat[c[ok].astype(np.int64) @ strides]
+        hit[todo[found]] = True
+        todo = todo[~found]
     return hit

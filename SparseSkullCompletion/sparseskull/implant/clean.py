@@ -13,17 +13,20 @@ from sparseskull.data.volume import Volume, bounding_box
 from sparseskull.implant.span import span_defect
 
 
-def _near_seeds(implant: np.ndarray, box, seeds: np.ndarray, factors, coarse_spacing, within_mm: float) -> np.ndarray:
+def _near_seeds(implant: np.ndarray, box, part: np.ndarray, seeds: np.ndarray, factors, coarse_spacing, within_mm: float) -> np.ndarray:
     """The implant's voxels within ``within_mm`` (plus a coarse voxel's diagonal) of ``seeds``, a mask on the coarse
-    grid of ``factors`` blocks over ``box``; empty when there is no seed."""
+    grid of ``factors`` blocks over ``box`` (``part``: the implant's blocks there, which hold every seed); empty when
+    there is no seed. Distances are taken over the implant's blocks alone, and each implant voxel takes its block's."""
     out = np.zeros_like(implant)
     if not seeds.any():
         return out
-    near = ndimage.distance_transform_edt(~seeds, sampling=coarse_spacing) <= within_mm + float(np.linalg.norm(coarse_spacing))
-    for axis, f in enumerate(factors):  # back to the full grid (blocks to voxels)
-        near = np.repeat(near, f, axis=axis)
-    shape = tuple(sl.stop - sl.start for sl in box)
-    out[box] = implant[box] & near[: shape[0], : shape[1], : shape[2]]
+    crop = bounding_box(part)
+    near = ndimage.distance_transform_edt(~seeds[crop], sampling=coarse_spacing) <= within_mm + float(np.linalg.norm(coarse_spacing))
+    voxels = np.nonzero(implant[box])
+    keep = near[tuple(v // f - c.start for v, f, c in zip(voxels, factors, crop))]
+    inside = np.zeros(tuple(sl.stop - sl.start for sl in box), bool)
+    inside[tuple(v[keep] for v in voxels)] = True
+    out[box] = inside
     return out
 
 
@@ -50,7 +53,7 @@ def reach_filter(implant: np.ndarray, skull: Volume, min_depth_mm: float, rim_mm
     depth = ndimage.distance_transform_edt(~bone, sampling=coarse_spacing)
     depth[~part] = 0
     bar = min(min_depth_mm, 0.5 * float(depth.max()))
-    return _near_seeds(implant, box, depth > bar, factors, coarse_spacing, bar + rim_mm)
+    return _near_seeds(implant, box, part, depth > bar, factors, coarse_spacing, bar + rim_mm)
 
 
 def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0, rim_mm: float = 3.0, voxel_mm: float = 1.0,
@@ -75,7 +78,7 @@ def occlusion_filter(implant: np.ndarray, skull: Volume, reach_mm: float = 30.0,
                       np.arange(step, reach_mm + 1e-9, step))
     seeds = np.zeros_like(part)
     seeds[tuple(ijk[~occluded].T)] = True
-    return _near_seeds(implant, box, seeds, factors, coarse_spacing, rim_mm)
+    return _near_seeds(implant, box, part, seeds, factors, coarse_spacing, rim_mm)
 
 
 def clean_implant(implant: np.ndarray, skull: Volume, min_mm3: float, clearance_mm: float, keep_fraction: float = 0.2,
