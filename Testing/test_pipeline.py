@@ -97,12 +97,21 @@ class IdentityNet:
         return SimpleNamespace(output=x)
 
 
-def _identity_resolver(fine_spacing, resolution=128, input_resolution=64, passes=1):
+def _identity_resolver(fine_spacing, resolution=128, input_resolution=64, passes=1, **kwargs):
     from sparseskull.implant.superres import SuperResolver
 
     info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], task="super-resolution", resolution=resolution, input_resolution=input_resolution,
                      spacing_mm=fine_spacing)
-    return SuperResolver("identity", model=IdentityNet(), info=info, passes=passes)
+    return SuperResolver("identity", model=IdentityNet(), info=info, passes=passes, **kwargs)
+
+
+def _with_hole(coarse: np.ndarray) -> np.ndarray:
+    """``coarse`` less a 5-voxel cube of bone around its first bone voxel in the top half: a defect for the stage to work on."""
+    top = np.argwhere(coarse[:, :, coarse.shape[2] // 2:])[0] + [0, 0, coarse.shape[2] // 2]
+    holed = coarse.copy()
+    holed[tuple(slice(max(int(c) - 2, 0), int(c) + 3) for c in top)] = False
+    assert holed.sum() < coarse.sum()
+    return holed
 
 
 class PointsNet:
@@ -194,7 +203,10 @@ def test_a_flooding_super_resolution_network_stops_at_the_point_cap(sample):
     skull = sample.complete
     coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
     with pytest.raises(InputError, match="super-resolution with flood stopped: the generative layer .* over the cap"):
-        resolver(skull, coarse, coarse, grid)
+        resolver(skull, _with_hole(coarse), coarse, grid)  # on the box around the implant
+    resolver.box_margin = None
+    with pytest.raises(InputError, match="super-resolution with flood stopped: the generative layer .* over the cap"):
+        resolver(skull, coarse, coarse, grid)  # on the whole skull
 
 
 def test_super_resolution_passes_undo_their_shifts_and_mirrors(sample):
@@ -205,10 +217,32 @@ def test_super_resolution_passes_undo_their_shifts_and_mirrors(sample):
     skull = sample.complete
     coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
     fine_spacing = tuple(s / 2 for s in SPACING_64)
-    one = _identity_resolver(fine_spacing)(skull, coarse, coarse, grid)
-    eight = _identity_resolver(fine_spacing, passes=8)(skull, coarse, coarse, grid)
-    assert sr_votes(8) == 4 and eight[3]["passes"] == 8
-    assert np.array_equal(one[1], eight[1]) and eight[3]["output_points"] == one[3]["output_points"] == one[3]["input_points"]
+    holed = _with_hole(coarse)
+    for margin in (None, 3):  # the whole skull, and a box around the implant
+        one = _identity_resolver(fine_spacing, box_margin=margin)(skull, holed, coarse, grid)
+        eight = _identity_resolver(fine_spacing, passes=8, box_margin=margin)(skull, holed, coarse, grid)
+        assert sr_votes(8) == 4 and eight[3]["passes"] == 8 and one[3]["input_points"] > 0
+        assert np.array_equal(one[1], eight[1]) and eight[3]["output_points"] == one[3]["output_points"] == one[3]["input_points"]
+
+
+def test_super_resolution_on_the_box_around_the_implant_keeps_what_the_whole_skull_gives(sample):
+    """The stage keeps the network's voxels only near the coarse implant, so it runs the network on the box around them
+    (``box_margin`` voxels of context): for a network that answers voxel by voxel (identity) the completed skull is the
+    same as the whole skull's, from a fraction of the points; without an implant the network is not run at all."""
+    skull = sample.complete
+    coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
+    fine_spacing = tuple(s / 2 for s in SPACING_64)
+    holed = _with_hole(coarse)
+    whole = _identity_resolver(fine_spacing, box_margin=None)(skull, holed, coarse, grid)
+    boxed = _identity_resolver(fine_spacing, box_margin=4)(skull, holed, coarse, grid)
+    assert whole[3]["box"] == [[0, n] for n in whole[0].shape]
+    (a0, a1), shape = zip(*boxed[3]["box"]), boxed[0].shape
+    assert all(0 <= lo < hi <= n for lo, hi, n in zip(a0, a1, shape)) and np.prod(np.subtract(a1, a0)) < 0.2 * np.prod(shape)
+    assert 0 < boxed[3]["input_points"] < 0.2 * whole[3]["input_points"]
+    assert np.array_equal(boxed[0], whole[0]) and np.array_equal(boxed[1], whole[1]) and boxed[3]["implant_points"] == whole[3]["implant_points"] > 0
+    none = _identity_resolver(fine_spacing, box_margin=4)(skull, coarse, coarse, grid)  # nothing to complete
+    assert none[3]["input_points"] == none[3]["output_points"] == none[3]["implant_points"] == 0 and none[3]["box"] is None
+    assert np.array_equal(none[1], none[0])
 
 
 def test_a_ct_as_coarse_as_the_super_resolution_grid_skips_the_stage_and_says_so(sample):

@@ -1,0 +1,67 @@
+"""The super-resolution stage on the whole skull against boxes around the implant's region: seconds and implant DSC.
+
+    python scripts/sr_box_study.py --data <SkullFix> --cases 000 001 002 004 008 009 --margins whole 32 16
+
+Runs the default pair (completion, then super-resolution; the default passes) through the pipeline once per margin
+(`SuperResolver(box_margin=...)`, `whole` for the whole skull), the completion step's output shared, and prints per
+case and margin the stage's seconds, the implant's DSC against the case's true implant and its voxel count, then the
+means. Choose on training skulls (the ids not in the validation split) so that the validation split stays a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import numpy as np
+from sparseskull.data.dataset import find_cases
+from sparseskull.data.io import read_mask
+from sparseskull.evaluation.evaluate import Remembered
+from sparseskull.evaluation.metrics import dice
+from sparseskull.implant.network import NetworkCompleter
+from sparseskull.implant.options import CompleteOptions
+from sparseskull.implant.pipeline import complete_skull
+from sparseskull.implant.superres import SuperResolver
+from sparseskull.nets.catalogue import find_pair
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--cases", nargs="+", required=True)
+    p.add_argument("--margins", nargs="+", default=["whole", "32", "16"], help="fine voxels of context, or 'whole'")
+    p.add_argument("--json", help="also write the rows here")
+    a = p.parse_args()
+    options = CompleteOptions(preview=False)
+    pair = find_pair(options.model)
+    if pair is None:
+        raise SystemExit(f"{options.model} is not a pair: there is no super-resolution stage to study")
+    completer = NetworkCompleter(pair.completion, passes=options.passes)
+    margins = [None if m == "whole" else int(m) for m in a.margins]
+    resolvers = {m: SuperResolver(pair.super_resolution, passes=options.passes, box_margin=m) for m in margins}
+    cases = {c.case_id: c for c in find_cases(a.data)}
+    rows = []
+    for case_id in a.cases:
+        case = cases[case_id]
+        truth = np.asarray(read_mask(case.implant).array, bool)
+        defective = read_mask(case.defective)
+        completion = Remembered(completer)  # the completion network once per case: only the stage differs
+        for m in margins:
+            result = complete_skull(defective, options, completer=completion, super_resolver=resolvers[m])
+            implant = np.asarray(result.implant.array, bool)
+            row = {"case": case_id, "margin": "whole" if m is None else m, "seconds": result.report["seconds"]["super-resolution"],
+                   "implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum())}
+            rows.append(row)
+            print(row, flush=True)
+    for m in margins:
+        mine = [r for r in rows if r["margin"] == ("whole" if m is None else m)]
+        print(f"margin {'whole' if m is None else m}: implant DSC {statistics.mean(r['implant_dsc'] for r in mine):.4f}, "
+              f"stage {statistics.mean(r['seconds'] for r in mine):.1f} s (mean of {len(mine)})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
