@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -17,10 +20,24 @@ DEFECT_EDGE = (0.35, 0.60, 0.95)
 TRUTH = (0.30, 0.65, 0.95)
 
 
+@functools.cache
+def _vtk() -> SimpleNamespace:
+    """The VTK classes rendering uses, from their own modules (``import vtk`` loads every VTK module: about 1 s of the
+    preview's time); vtkRenderingOpenGL2 is imported for its factories, which give the render window and mappers."""
+    importlib.import_module("vtkmodules.vtkRenderingOpenGL2")
+    core = importlib.import_module("vtkmodules.vtkRenderingCore")
+    return SimpleNamespace(
+        vtkPolyData=importlib.import_module("vtkmodules.vtkCommonDataModel").vtkPolyData,
+        vtkLogger=importlib.import_module("vtkmodules.vtkCommonCore").vtkLogger,
+        numpy_support=importlib.import_module("vtkmodules.util.numpy_support"),
+        **{name: getattr(core, name) for name in ("vtkActor", "vtkPolyDataMapper", "vtkRenderWindow", "vtkRenderer", "vtkWindowToImageFilter")},
+    )
+
+
 def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
     """A surface of the mask in patient LPS mm (VTK polydata) for display: the STL's own meshing
     (:func:`~sparseskull.implant.mesh.mask_to_mesh`) on a copy max-pooled to at most ``max_voxels`` per axis."""
-    import vtk
+    vtk = _vtk()
 
     array = np.asarray(mask.array, dtype=bool)
     if not array.any():
@@ -55,8 +72,8 @@ def render_surfaces(
 
     ``view``: a name from VIEWS, or an LPS direction from the object towards the camera.
     """
-    import vtk
-    from vtk.util import numpy_support
+    vtk = _vtk()
+    numpy_support = vtk.numpy_support
 
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(0.08, 0.09, 0.11)
