@@ -5,7 +5,8 @@ the coarse grid's blocks.
 The network's input is the coarse completed skull upsampled (nearest) to the fine grid, exactly as it was trained
 (``sparseskull train --task super-resolution``); its output is the skull on the fine grid. The defect's place comes
 from the completion: the fine implant is the super-resolved skull minus the defective skull *within one coarse voxel
-of the coarse implant*, so a surface that moved by a voxel elsewhere on the skull never becomes implant.
+of the coarse implant*, so a surface that moved by a voxel elsewhere on the skull never becomes implant. Since nothing
+else is kept, the network runs on the box around that region with some context (``BOX_MARGIN``), not the whole skull.
 """
 
 from __future__ import annotations
