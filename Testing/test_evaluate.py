@@ -79,6 +79,23 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
     assert with_span["network_alone"]["implant_dsc"] == pytest.approx(float(rows[0]["implant_dsc"]), abs=1e-5)
 
 
+@pytest.mark.slow
+def test_evaluate_takes_the_super_resolution_stage_as_complete_does(tiny_data, tmp_path):
+    """`--super-resolution none` scores the completion model alone, as `complete --super-resolution none` runs it; a name
+    puts that model after the completion model (here the default pair's own, named explicitly)."""
+    exe = shutil.which("sparseskull")
+    pair = find_pair(default_model_name())
+    if pair is None:
+        pytest.skip("the default model is not a pair")
+    for stage, name in (("none", pair.completion), (pair.super_resolution, f"{pair.completion} + {pair.super_resolution}")):
+        summary_file = tmp_path / f"{stage}.json"
+        run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(tmp_path / stage), "--limit", "1", "--pictures", "0",
+                              "--model", pair.completion, "--super-resolution", stage, "--json", str(summary_file)],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(summary_file.read_text())["model"] == name
+
+
 def test_evaluate_refuses_unknown_cases(tiny_data, tmp_path):
     from sparseskull.evaluation.evaluate import evaluate
 

@@ -124,7 +124,7 @@ def _cmd_evaluate(args) -> int:
         print(f"report: {args.out}/report.md, per skull: {args.out}/cases.csv")
         return 0
     options = CompleteOptions(device=args.device, backend=args.backend, preview=False, threads=args.threads, span_opening=args.span,
-                              passes=args.passes)
+                              passes=args.passes, super_resolution=args.super_resolution)
     summary = evaluate(args.data, args.out, model=args.model, cases=args.cases, limit=args.limit, options=options, json_path=args.json,
                        baselines=tuple(args.baselines), pictures=args.pictures, dense_model=args.dense_model,
                        record=args.record)
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input, prediction and truth side by side (cases/*.png) for the first N cases (default: all; 0: none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--span", action="store_true", help="score the pipeline with the opening spanned (the network's own implant is scored beside it)")
+    p.add_argument("--super-resolution", default="auto",
+                   help="the super-resolution stage after a completion model, as in `complete`: a model name or path, 'none', or "
+                        "'auto' (default: the pair's own, if --model names a pair)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("models", help="list the shipped trained models with their task, resolution and validation scores")
