@@ -60,19 +60,3 @@ def line_hits(mask: np.ndarray, to_index, lps: np.ndarray, outward: np.ndarray, 
             if not len(todo):
                 break
     return hit
-    base = np.asarray(to_index(lps), float)
-    along = np.asarray(to_index(lps + outward), float) - base  # index steps per mm of each line (affine: exact)
-    flat = np.ascontiguousarray(mask, dtype=bool).ravel()
-    strides = np.array([int(np.prod(mask.shape[a + 1:])) for a in range(mask.ndim)])
-    last = np.array(mask.shape) - 1
-    todo = np.arange(len(lps))
-    for distance in distances:
-        if not len(todo):
-            break
-        c = np.rint(base[todo] + distance * along[todo])
-        ok = np.all((c >= 0) & (c <= last), axis=1)
-        found = np.zeros(len(todo), bool)
-        found[ok] = flat[c[ok].astype(np.int64) @ strides]
-        hit[todo[found]] = True
-        todo = todo[~found]
-    return hit
