@@ -26,8 +26,8 @@ from sparseskull.sparse.functional import PointExplosionError
 POINT_CAP = 4  # a decoder level may hold at most this many times the input's points: the skull on a finer grid, not a flood
 BOX_MARGIN = 16
 """Fine voxels of context around the implant's region in the box the network runs on (None: the whole skull). Only the
-region's voxels are kept, and the models were trained on boxes of 64 and 96 voxels: on 6 training skulls (001-009,
-default pair, 8 passes; scripts/sr_box_study.py) the implant's DSC was the same to +-0.0015 with 16 or 32 voxels as with
+region's voxels are kept, and the models were trained on boxes of 64 and 96 voxels: on 6 training skulls (000, 001,
+002, 004, 008, 009; default pair, 8 passes; scripts/sr_box_study.py) the implant's DSC was the same to +-0.0015 with 16 or 32 voxels as with
 the whole skull, and the stage took 3.7 s (16) or 5.2 s (32) against 17.1 s on the 2-core CPU (docs/pipeline.md)."""
 
 
