@@ -36,15 +36,21 @@ _VTK_CLASSES = {  # the VTK classes this module uses, by the module that holds e
 }
 
 
-@functools.cache
-def _vtk() -> SimpleNamespace:
-    """The VTK classes of ``_VTK_CLASSES`` (and ``numpy_support``), imported from their own modules: ``import vtk``
-    loads every VTK module (0.9 s on this machine, a tenth of the pipeline's stages other than the networks), these 0.2 s."""
+def vtk_classes(classes: dict[str, list[str]]) -> SimpleNamespace:
+    """The named VTK classes (keyed by the ``vtkmodules`` module that holds them) and ``numpy_support``, imported from
+    their own modules: ``import vtk`` loads every VTK module (0.9 s on this machine, a tenth of the pipeline's stages
+    other than the networks); meshing's take 0.2 s."""
     found = {"numpy_support": importlib.import_module("vtkmodules.util.numpy_support")}
-    for module, names in _VTK_CLASSES.items():
+    for module, names in classes.items():
         loaded = importlib.import_module(f"vtkmodules.{module}")
         found.update({name: getattr(loaded, name) for name in names})
     return SimpleNamespace(**found)
+
+
+@functools.cache
+def _vtk() -> SimpleNamespace:
+    """This module's VTK classes (``_VTK_CLASSES``)."""
+    return vtk_classes(_VTK_CLASSES)
 
 
 class MeshError(ValueError):

@@ -12,7 +12,7 @@ import numpy as np
 
 from sparseskull.data.resample import block_grid, block_max
 from sparseskull.data.volume import Volume
-from sparseskull.implant.mesh import MeshError, mask_to_mesh
+from sparseskull.implant.mesh import MeshError, mask_to_mesh, vtk_classes
 
 BONE = (0.93, 0.89, 0.80)
 IMPLANT = (0.95, 0.45, 0.10)
@@ -20,18 +20,18 @@ DEFECT_EDGE = (0.35, 0.60, 0.95)
 TRUTH = (0.30, 0.65, 0.95)
 
 
+_VTK_CLASSES = {  # the VTK classes rendering uses, by the module that holds each
+    "vtkCommonCore": ["vtkLogger"],
+    "vtkCommonDataModel": ["vtkPolyData"],
+    "vtkRenderingCore": ["vtkActor", "vtkPolyDataMapper", "vtkRenderWindow", "vtkRenderer", "vtkWindowToImageFilter"],
+}
+
+
 @functools.cache
 def _vtk() -> SimpleNamespace:
-    """The VTK classes rendering uses, from their own modules (``import vtk`` loads every VTK module: about 1 s of the
-    preview's time); vtkRenderingOpenGL2 is imported for its factories, which give the render window and mappers."""
-    importlib.import_module("vtkmodules.vtkRenderingOpenGL2")
-    core = importlib.import_module("vtkmodules.vtkRenderingCore")
-    return SimpleNamespace(
-        vtkPolyData=importlib.import_module("vtkmodules.vtkCommonDataModel").vtkPolyData,
-        vtkLogger=importlib.import_module("vtkmodules.vtkCommonCore").vtkLogger,
-        numpy_support=importlib.import_module("vtkmodules.util.numpy_support"),
-        **{name: getattr(core, name) for name in ("vtkActor", "vtkPolyDataMapper", "vtkRenderWindow", "vtkRenderer", "vtkWindowToImageFilter")},
-    )
+    """Rendering's VTK classes from their own modules (``import vtk`` would add about 1 s to every preview)."""
+    importlib.import_module("vtkmodules.vtkRenderingOpenGL2")  # its factories give the render window and mappers
+    return vtk_classes(_VTK_CLASSES)
 
 
 def mask_to_polydata(mask: Volume, max_voxels: int = 256, smooth: bool = True):
