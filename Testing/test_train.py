@@ -173,7 +173,9 @@ def test_a_super_resolution_skip_network_trains_on_crops_and_runs_in_the_pipelin
     done = complete_skull(defective, CompleteOptions(preview=False), completer=completion, super_resolver=resolver)
     sr = done.report["super_resolution"]
     assert sr["model"] == result.model_path.stem and sr["factors"] == [1, 1, 1] and sr["from"] == 64 and sr["to"] == 128
-    assert sr["box"] is not None and sr["input_points"] > 0  # inference ran on the box around the implant's region
+    # inference ran on the box around the implant's region (no longer the whole skull), and the network answered there
+    assert sr["box"] is not None and all(0 <= lo < hi <= n for (lo, hi), n in zip(sr["box"], sr["shape"]))
+    assert sr["input_points"] > 0 and sr["output_points"] > 0
     assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
 
 
