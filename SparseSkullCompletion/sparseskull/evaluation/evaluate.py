@@ -237,14 +237,16 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, model: str | None 
     if json_path:
         _write_json(json_path, summary)
     if record:
-        record_evaluation(summary, resolver.path if resolver is not None else completer.path, options, [c.case_id for c in found],
-                          sr_box_margin=resolver.box_margin if resolver is not None else "none")
+        # the super-resolution stage's context around the implant's box (None: the whole skull)
+        stages = {} if resolver is None else {"sr_box_margin": resolver.box_margin}
+        record_evaluation(summary, resolver.path if resolver is not None else completer.path, options, [c.case_id for c in found], stages)
     return summary
 
 
-def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_ids: list[str], sr_box_margin="none") -> Path:
+def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_ids: list[str], stages: dict | None = None) -> Path:
     """Write the means (and medians, baselines) beside the model as ``<name>.evaluation.json``, tied to its
-    weights' checksum, for `sparseskull models` and the Slicer panel to show."""
+    weights' checksum, for `sparseskull models` and the Slicer panel to show. ``stages``: settings of the pipeline's
+    stages beyond ``options`` (the super-resolution stage's box margin), added to the record's "pipeline"."""
     import datetime
 
     from sparseskull import __version__
@@ -265,8 +267,7 @@ def record_evaluation(summary: dict, model_path, options: CompleteOptions, case_
         "pipeline": {"passes": options.passes, "min_depth_mm": options.min_depth_mm, "drop_behind_bone": options.drop_behind_bone, "span_opening": options.span_opening,
                      "min_implant_mm3": options.min_implant_mm3,
                      "clearance_mm": options.clearance_mm, "min_thickness_mm": options.min_thickness_mm,
-                     # the super-resolution stage's context around the implant's box (None: the whole skull; "none": no stage)
-                     **({} if sr_box_margin == "none" else {"sr_box_margin": sr_box_margin})},
+                     **(stages or {})},
         "medians": {k: None if stats[k]["median"] is None else round(stats[k]["median"], 4) for k in ("implant_dsc", "implant_bdsc", "implant_hd95_mm")},
         "baselines": {b: {k: None if v is None else round(v, 4) for k, v in means.items()} for b, means in summary["baselines"].items()},
         "date": datetime.date.today().isoformat(),
