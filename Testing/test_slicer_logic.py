@@ -249,7 +249,9 @@ def test_complete_skull_on_the_sample_ct_runs_the_core_in_a_child_process(scene,
     completed = logic.maskFromSegmentation(results.segmentation, ["Completed skull"], node)
     defective = logic.maskFromSegmentation(results.segmentation, ["Defective skull"], node)
     np.testing.assert_array_equal(completed.array, defective.array | implant.array)
-    assert results.segmentation.GetSegmentation().GetNthSegment(2).GetRepresentation("Closed surface") is not None  # shown in 3D
+    shown = results.segmentation.GetSegmentation()
+    assert shown.GetNthSegment(2).GetRepresentation("Closed surface") is not None  # shown in 3D
+    assert shown.GetConversionParameter(logic.SURFACE_METHOD) == "1"  # by surface nets
 
     check = logic.exportImplantStl(results.implantModel, tmp_path / "implant.stl")
     assert check.watertight

