@@ -280,8 +280,8 @@ class SparseSkullCompletionLogic(ScriptedLoadableModuleLogic):
         segmentation = segmentationNode.GetSegmentation()
         segmentationNode.GetDisplayNode().SetSegmentOpacity3D(segmentation.GetSegmentIdBySegmentName("Completed skull"), 0.25)
         if show3D:
-            # vtkSurfaceNets3D instead of flying edges, smoothed by the same windowed-sinc filter: the same look in half
-            # the time (case 046's 512 x 512 x 249 masks: 10 s against 20 s here). A Slicer without the method ignores it.
+            # vtkSurfaceNets3D instead of flying edges, smoothed by the same windowed-sinc filter: nearly the same look in
+            # half the time (scripts/time_segment_surfaces.py; docs/slicer.md). A Slicer without the method ignores it.
             segmentation.SetConversionParameter(self.SURFACE_METHOD, "1")
             segmentationNode.CreateClosedSurfaceRepresentation()
         modelNode = None
