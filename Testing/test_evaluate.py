@@ -263,9 +263,10 @@ def test_record_writes_the_scores_beside_the_model_tied_to_its_weights(tiny_data
     assert recorded["implant_dsc"] == pytest.approx(summary["implant_dsc"], abs=1e-4) and len(recorded["cases"]) == 1
     assert "held out" not in recorded["what"], "generated skulls are not the model's held-out SkullFix cases"
     assert "sr_box_margin" not in recorded["pipeline"], "no super-resolution stage ran"
-    boxed = json.loads(record_evaluation(summary, model, CompleteOptions(passes=1), recorded["cases"], {"sr_box_margin": 16}).read_text())
+    boxed = tmp_path / "boxed.safetensors"
+    shutil.copy(model, boxed)
+    boxed = json.loads(record_evaluation(summary, boxed, CompleteOptions(passes=1), recorded["cases"], {"sr_box_margin": 16}).read_text())
     assert boxed["pipeline"]["sr_box_margin"] == 16 and boxed["pipeline"]["passes"] == 1  # a stage's setting joins the options
-    record_evaluation(summary, model, CompleteOptions(passes=1), recorded["cases"])
     entry = ShippedModel("mine", model, read_info(model))
     assert entry.evaluation == recorded
     recorded["model_sha256"] = "0" * 64  # scores measured on other weights are not shown
