@@ -15,8 +15,6 @@ split's (seed 0), cropped the same way, so the loop's validation figure is the b
 from __future__ import annotations
 
 import argparse
-import gzip
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from sparseskull.data.dataset import find_cases
 from sparseskull.data.pairs import read_at
 from sparseskull.data.volume import bounding_box
 from sparseskull.implant.network import NetworkCompleter, run_network
+from train_packed import sr_record, write_packed  # the packed file's layout, beside its reader (this folder)
 
 
 def main() -> None:
@@ -51,12 +50,10 @@ def main() -> None:
         fine = np.asarray(complete.array, bool)[tuple(slice(factor * s.start, factor * s.stop) for s in box)]
         low = completed[box]
         assert fine.shape[0] == factor * low.shape[0]  # the loader takes the factor from the first axis (Z may be one short)
-        stored.append({"case_id": case.case_id, "geometry": (complete.spacing_mm, complete.origin_lps, complete.direction),
-                       "shape": fine.shape, "bits": np.packbits(fine), "low_shape": low.shape, "low_bits": np.packbits(low)})
+        stored.append(sr_record(case.case_id, (complete.spacing_mm, complete.origin_lps, complete.direction), fine, low))
         gain = int((completed & ~defective).sum())
         print(f"{case.case_id}: box {low.shape} at {coarse_res}, {gain} generated voxels, true implant {int(implant.sum())}", flush=True)
-    with gzip.open(a.out, "wb", compresslevel=6) as f:
-        pickle.dump({"sr_from": coarse_res, "skulls": stored}, f, protocol=5)
+    write_packed(a.out, {"sr_from": coarse_res, "skulls": stored})
     print(f"{a.out}: {len(stored)} boxes, {a.out.stat().st_size / 2**20:.1f} MiB")
 
 

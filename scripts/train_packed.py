@@ -33,23 +33,34 @@ def pack(data: str, resolution: int, out: Path, sr_from: int | None = None) -> P
 
         complete = {c.case_id: c.complete for c in find_cases(data, None)}
         stored = {"sr_from": sr_from, "skulls": [_compact(s, complete[s.case_id], sr_from) for s in skulls]}
-    with gzip.open(out, "wb", compresslevel=6) as f:
-        pickle.dump(stored, f, protocol=5)
+    write_packed(out, stored)
     print(f"{out}: {len(skulls)} skulls at {resolution}{f' with their {sr_from} copies' if sr_from else ''}, "
           f"{out.stat().st_size / 2**20:.1f} MiB")
     return out
 
 
+def write_packed(out: Path, stored) -> None:
+    """``stored`` (``load_skulls``'s list, or ``{"sr_from": ..., "skulls": [sr_record(...), ...]}``) into ``out``."""
+    with gzip.open(out, "wb", compresslevel=6) as f:
+        pickle.dump(stored, f, protocol=5)
+
+
+def sr_record(case_id: str, geometry, fine, low) -> dict:
+    """A super-resolution pair as bits, as ``_expand`` reads it: the fine target (``geometry``: its spacing, origin and
+    direction) and the coarse input (not upsampled)."""
+    import numpy as np
+
+    fine, low = np.asarray(fine, dtype=bool), np.asarray(low, dtype=bool)
+    return {"case_id": case_id, "geometry": geometry, "shape": fine.shape, "bits": np.packbits(fine),
+            "low_shape": low.shape, "low_bits": np.packbits(low)}
+
+
 def _compact(skull, complete_path, sr_from: int) -> dict:
     """A super-resolution skull as bits: the fine complete skull and its coarse copy (not the upsampled input)."""
-    import numpy as np
     from sparseskull.data.pairs import read_at
 
-    low = np.asarray(read_at(complete_path, sr_from).array, dtype=bool)
-    fine = np.asarray(skull.complete.array, dtype=bool)
     v = skull.complete
-    return {"case_id": skull.case_id, "geometry": (v.spacing_mm, v.origin_lps, v.direction), "shape": fine.shape,
-            "bits": np.packbits(fine), "low_shape": low.shape, "low_bits": np.packbits(low)}
+    return sr_record(skull.case_id, (v.spacing_mm, v.origin_lps, v.direction), v.array, read_at(complete_path, sr_from).array)
 
 
 def _expand(stored):
