@@ -165,3 +165,38 @@ def test_a_cropping_sampler_draws_boxes_of_the_same_skull(tiny_data):
     assert np.array_equal(again.target, pair.target) and np.array_equal(again.inputs, pair.inputs)
     with pytest.raises(ValueError, match="at least 16"):
         PairSampler(skulls, "super-resolution", crop=8)
+
+
+def test_boxes_around_the_defect_hold_the_missing_bone(tiny_data):
+    """With ``crop_at="defect"`` (a refinement network's training) every completion box is centred on the missing bone:
+    the box holds most of it, whatever the defect's class and the augmentation; the validation pairs are the missing
+    bone's box with a rim of context, as the pipeline's refinement box; super-resolution has no defect to centre on."""
+    from sparseskull.data.pairs import VALIDATION_BOX_MARGIN, _rows_in
+
+    skulls = load_skulls(tiny_data, 128)
+    crop = 48
+    sampler = PairSampler(skulls, "completion", Augmentation(), crop=crop, crop_at="defect")
+    for seed in range(8):
+        pair = sampler.draw(np.random.default_rng(seed))
+        missing = pair.target[~_rows_in(pair.target, pair.inputs)]
+        assert np.all(pair.target.max(axis=0) - pair.target.min(axis=0) < crop) and len(missing) > 0
+        # the missing bone's middle within an eighth of the box (plus the shift) of the box's middle
+        middle = (missing.min(axis=0) + missing.max(axis=0)) / 2
+        assert np.all(np.abs(middle - (crop / 2 + 4)) <= crop / 8 + 4 + 2), (middle, pair.defect)
+    for pair in PairSampler(skulls, "completion", crop_at="defect").fixed(0):
+        missing = pair.target[~_rows_in(pair.target, pair.inputs)]
+        assert len(missing) > 0 and np.all(missing.min(axis=0) <= VALIDATION_BOX_MARGIN)  # the rim, or less at the grid's edge
+        assert np.all(pair.target.max(axis=0) - missing.max(axis=0) <= VALIDATION_BOX_MARGIN)
+    with pytest.raises(ValueError, match="boxes around the defect are for completion"):
+        PairSampler(skulls, "super-resolution", crop=32, crop_at="defect")
+    with pytest.raises(ValueError, match="crop_at must be one of"):
+        PairSampler(skulls, crop=32, crop_at="implant")
+
+
+def test_rows_in_is_a_set_membership():
+    from sparseskull.data.pairs import _rows_in
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 12, (300, 3)), rng.integers(0, 12, (200, 3))
+    expected = np.array([tuple(r) in set(map(tuple, b)) for r in a])
+    assert np.array_equal(_rows_in(a, b), expected) and expected.any() and not expected.all()

@@ -258,6 +258,38 @@ def test_a_ct_as_coarse_as_the_super_resolution_grid_skips_the_stage_and_says_so
     assert np.array_equal(with_stage.implant.array, without.implant.array) and with_stage.implant.array.any()
 
 
+def test_a_finer_completion_model_refines_the_box_from_the_defective_skull(sample):
+    """A completion model on the finer grid in the super-resolution stage's place sees the defective skull on that grid
+    (not the coarse completion) in the box around the coarse implant, and keeps, as completion does, the input plus what
+    it generates within one coarse voxel of the coarse implant: for a network that grows its input by one voxel, the
+    fine implant is exactly that growth inside the region, whichever passes vote; a refiner no finer than the completion
+    model is refused."""
+    from scipy import ndimage
+    from sparseskull.implant.superres import SuperResolver, to_fine
+
+    def grow(ijk):  # the input and its 6 neighbours
+        steps = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+        return np.unique((ijk[:, None, :] + steps[None]).reshape(-1, 3), axis=0)
+
+    skull = sample.complete
+    coarse, grid = to_model_grid(skull, SPACING_64, 64, 1.5)
+    holed = _with_hole(coarse)
+    info = ModelInfo(channels=CHANNEL_PRESETS["ch1"], task="completion", resolution=128, input_resolution=128, skips=True,
+                     spacing_mm=tuple(s / 2 for s in SPACING_64))
+    for passes in (1, 8):
+        refiner = SuperResolver("grow", model=PointsNet(grow), info=info, passes=passes, box_margin=4)
+        fine_in, completed, _, report = refiner(skull, holed, coarse, grid)
+        region = to_fine(ndimage.binary_dilation(coarse & ~holed, np.ones((3, 3, 3), bool)), grid, report["factors"])
+        box = tuple(slice(a, b) for a, b in report["box"])
+        assert report["refines"] and report["from"] == 64 and report["to"] == 128
+        assert report["input_points"] == int(fine_in[box].sum()) > 0  # the defective skull on the fine grid
+        assert np.array_equal(completed, fine_in | (ndimage.binary_dilation(fine_in) & region))
+        assert report["implant_points"] == int((completed & ~fine_in).sum()) > 0
+    with pytest.raises(InputError, match="completes at 128, no finer than the completion model's 128"):
+        refiner.check_feeds(Oracle(sample.complete, resolution=128).info)
+    refiner.check_feeds(Oracle(sample.complete).info)
+
+
 def test_super_resolution_model_must_take_the_completion_grid(sample):
     """A super-resolution model from 128 after a completion model at 64 is refused with the reason."""
     resolver = _identity_resolver(tuple(s / 2 for s in SPACING_64), resolution=256, input_resolution=128)

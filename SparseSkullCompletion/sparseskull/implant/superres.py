@@ -19,7 +19,7 @@ from scipy import ndimage
 from sparseskull.data.resample import block_fraction
 from sparseskull.data.volume import Volume, bounding_box
 from sparseskull.implant.grid import GRID_MARGIN, ModelGrid, model_factors
-from sparseskull.implant.network import voted_points
+from sparseskull.implant.network import pass_votes, voted_points
 from sparseskull.implant.options import InputError, check_passes
 from sparseskull.sparse.functional import PointExplosionError
 
@@ -84,14 +84,21 @@ class SuperResolver:
             self.model, self.info = load_model(self.path, device=device)
         else:
             self.path, self.model, self.info = str(spec), model, info
-        if self.info.task != "super-resolution":
+        if self.info.task not in ("super-resolution", "completion"):
             raise InputError(f"{self.path}: a {self.info.task} model, but the super-resolution stage needs a super-resolution model")
+        # a completion model on the finer grid (trained with --crop-at defect) refines instead: it completes the box from
+        # the defective skull itself on the fine grid, where a super-resolution model reshapes the coarse completion
+        self.refines = self.info.task == "completion"
         if self.info.spacing_mm is None:
             raise InputError(f"{self.path}: the model file does not say its voxel spacing")
         self.name = Path(self.path).stem
 
     def check_feeds(self, completion_info) -> None:
-        """Refuse a completion model whose grid is not this model's input grid."""
+        """Refuse a completion model whose grid is not this model's input grid (a refining model: not finer than it)."""
+        if self.refines:
+            if completion_info.resolution >= self.info.resolution:
+                raise InputError(f"{self.name} completes at {self.info.resolution}, no finer than the completion model's {completion_info.resolution}")
+            return
         if completion_info.resolution != self.info.input_resolution:
             raise InputError(f"{self.name} super-resolves from {self.info.input_resolution}, but the completion model works at "
                              f"{completion_info.resolution}: choose a super-resolution model from {completion_info.resolution}")
@@ -122,19 +129,24 @@ class SuperResolver:
         if self.box_margin is not None:  # only the region's voxels are kept: the network needs their box and some context
             box = bounding_box(region, self.box_margin)
         fine_out = np.zeros(nearest.shape, bool)
-        ijk = np.argwhere(nearest[box]) if box is not None else np.zeros((0, 3), np.int64)
+        given = fine_in if self.refines else nearest  # what the network sees: the defective skull, or the coarse completion
+        ijk = np.argwhere(given[box]) if box is not None else np.zeros((0, 3), np.int64)
         if len(ijk):  # none: no implant (or no skull in its box), nothing for the network to refine
             # the skull's (or the box's) corner where training put it (a few voxels in): a six-level network answers
             # differently per alignment
             try:
-                votes = voted_points(self.model, ijk, nearest[box].shape, self.backend, self.device, self.info.tau, self.passes,
+                votes = voted_points(self.model, ijk, given[box].shape, self.backend, self.device, self.info.tau, self.passes,
                                      corner=GRID_MARGIN, max_points=POINT_CAP * len(ijk))
             except PointExplosionError as exc:
                 raise InputError(f"super-resolution with {self.name} stopped: {exc}") from None
-            fine_out[box] = votes >= sr_votes(self.passes)
+            if self.refines:  # completion's rule: the input plus what a quarter of the passes generate
+                fine_out[box] = given[box] | (votes >= pass_votes(self.passes))
+            else:
+                fine_out[box] = votes >= sr_votes(self.passes)
         completed = fine_in | (fine_out & region)
         spacing = [round(float(f * v), 3) for f, v in zip(fine_factors, skull.spacing_mm)]
-        info = {"model": self.name, "from": self.info.input_resolution, "to": self.info.resolution, "factors": list(fine_factors),
+        info = {"model": self.name, "from": round(self.info.resolution * fine_factors[0] / grid.factors[0]), "to": self.info.resolution,
+                **({"refines": True} if self.refines else {}), "factors": list(fine_factors),
                 "shape": [int(n) for n in fine_in.shape], "input_points": int(len(ijk)), "output_points": int(fine_out.sum()),
                 "box": None if box is None else [[int(sl.start), int(sl.stop)] for sl in box],
                 "passes": self.passes,

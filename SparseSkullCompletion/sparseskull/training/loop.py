@@ -33,6 +33,7 @@ from sparseskull import __version__
 from sparseskull.data.augment import Augmentation
 from sparseskull.data.io import atomic_write
 from sparseskull.data.pairs import (
+    CROP_AT,
     TASKS,
     BadCaseError,
     PairSampler,
@@ -88,6 +89,7 @@ class TrainConfig:
     rotate_deg: float = 5.0
     shift: int = 8
     crop: int | None = None  # train on boxes of this many voxels a side around random bone (large grids); None: whole skulls
+    crop_at: str = "bone"  # "defect": boxes around the missing bone, validated on the missing bone's box (a refinement network)
     tau: float = 0.0
     new_point_weight: float = 1.0  # the loss's weight of the points not in the input (completion_loss); 1: the paper's mean
     max_cases: int | None = None
@@ -485,8 +487,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     skulls, skipped = _load_training_skulls(config, bar_factory, hint=not resume)
     train_skulls, val_skulls = split(skulls, config.validation, config.seed)
     aug = Augmentation(config.flip_axes, config.rotate_deg, config.shift)
-    sampler = PairSampler(train_skulls, config.task, aug, config.classes, config.new_defects, crop=config.crop)
-    val_pairs = PairSampler(val_skulls, config.task, aug, config.classes).fixed(config.seed) if val_skulls else []
+    sampler = PairSampler(train_skulls, config.task, aug, config.classes, config.new_defects, crop=config.crop, crop_at=config.crop_at)
+    val_pairs = PairSampler(val_skulls, config.task, aug, config.classes, crop_at=config.crop_at).fixed(config.seed) if val_skulls else []
 
     torch.manual_seed(config.seed)
     model = SparseCompletionNet(config.channels, skips=config.skips).to(device).train()
@@ -674,6 +676,7 @@ def export(model, config: TrainConfig, path: Path, train_skulls, val_skulls, his
             "batch_size": config.batch_size,
             "lr": config.lr,
             **({"crop": config.crop} if config.crop else {}),
+            **({"crop_at": config.crop_at} if config.crop_at != "bone" else {}),
             **({"new_point_weight": config.new_point_weight} if config.new_point_weight != 1.0 else {}),
             "augmentation": {"flip_axes": list(config.flip_axes), "rotate_deg": config.rotate_deg, "shift": config.shift,
                              "new_defects": config.new_defects, "classes": list(config.classes)},
@@ -753,6 +756,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift", type=int, default=d.shift)
     p.add_argument("--crop", type=int, default=None, help="train on boxes of N voxels a side around random bone (for 256 and 512 "
                    "grids; validation and inference use whole skulls)")
+    p.add_argument("--crop-at", choices=CROP_AT, default=d.crop_at, help="centre the boxes on random bone (default) or on the defect, "
+                   "validating on the box around each defect as the pipeline's refinement stage runs (completion)")
     p.add_argument("--tau", type=float, default=d.tau, help="inference pruning threshold on the logits")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N skulls")
     p.add_argument("--device", default=d.device, help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
