@@ -179,6 +179,34 @@ def test_a_super_resolution_skip_network_trains_on_crops_and_runs_in_the_pipelin
     assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
 
 
+def test_a_refinement_network_trains_on_defect_boxes_and_refines_in_the_pipeline(tiny_data, tmp_path):
+    """A tiny completion network trained on 48-voxel boxes around each defect (``crop_at="defect"``) at 128 records how it
+    was trained, validates on the defects' boxes, and runs in the super-resolution stage's place after a completion at 64:
+    it refines (sees the defective skull on the finer grid in the box around the coarse implant) and the implant stays
+    off the defective skull, on the CT's grid."""
+    from sparseskull.data.dataset import find_cases
+    from sparseskull.data.io import read_mask
+    from sparseskull.implant.options import CompleteOptions
+    from sparseskull.implant.pipeline import complete_skull
+    from sparseskull.implant.superres import SuperResolver
+
+    result = train(_config(tiny_data, tmp_path / "box", resolution=128, skips=True, crop=48, crop_at="defect",
+                           steps=10, batch_size=2, val_every=10), progress=False)
+    info = read_info(result.model_path)
+    assert info.task == "completion" and info.training["crop"] == 48 and info.training["crop_at"] == "defect"
+    assert result.val_dsc is not None and 0 < result.val_dsc <= 1
+    case = next(c for c in find_cases(tiny_data) if c.defective is not None)
+    defective, complete = read_mask(case.defective), read_mask(case.complete)
+    completion = _KnownCompletion(complete, tuple(2 * s for s in info.spacing_mm))
+    refiner = SuperResolver(result.model_path)
+    refiner.check_feeds(completion.info)
+    done = complete_skull(defective, CompleteOptions(preview=False), completer=completion, super_resolver=refiner)
+    stage = done.report["super_resolution"]
+    assert stage["refines"] and stage["from"] == 64 and stage["to"] == 128 and stage["box"] is not None
+    assert 0 < stage["input_points"] < np.asarray(defective.array, bool).sum()  # the defective skull's voxels in the box
+    assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
+
+
 class _KnownCompletion:
     """The known complete skull on the completion model's grid (block-averaged), as the network would complete it."""
 
