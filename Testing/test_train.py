@@ -153,24 +153,13 @@ def test_a_super_resolution_skip_network_trains_on_crops_and_runs_in_the_pipelin
     """A tiny super-resolution network with skips, trained on 48-voxel boxes of generated skulls, is saved, loaded and run
     as the pipeline's stage after a completion step (here the known complete skull at 64) on a whole generated skull:
     the stage's input is the whole skull on the finer grid, not a box, and the outputs stay on the CT's grid."""
-    from sparseskull.data.dataset import find_cases
-    from sparseskull.data.io import read_mask
-    from sparseskull.implant.options import CompleteOptions
-    from sparseskull.implant.pipeline import complete_skull
-    from sparseskull.implant.superres import SuperResolver
-
     result = train(_config(tiny_data, tmp_path / "sr", task="super-resolution", resolution=128, sr_from=64, skips=True, crop=48,
                            steps=30, batch_size=2, val_every=30), progress=False)
     info = read_info(result.model_path)
     assert info.skips and info.task == "super-resolution" and info.training["crop"] == 48
     loss = losses(tmp_path / "sr")
     assert np.mean(loss[-5:]) < np.mean(loss[:5]) - 0.05, loss
-    case = next(c for c in find_cases(tiny_data) if c.defective is not None)
-    defective, complete = read_mask(case.defective), read_mask(case.complete)
-    completion = _KnownCompletion(complete, tuple(2 * s for s in info.spacing_mm))
-    resolver = SuperResolver(result.model_path)
-    resolver.check_feeds(completion.info)
-    done = complete_skull(defective, CompleteOptions(preview=False), completer=completion, super_resolver=resolver)
+    done, defective = _after_a_known_completion(tiny_data, result.model_path, info)
     sr = done.report["super_resolution"]
     assert sr["model"] == result.model_path.stem and sr["factors"] == [1, 1, 1] and sr["from"] == 64 and sr["to"] == 128
     # inference ran on the box around the implant's region (no longer the whole skull), and the network answered there
@@ -179,32 +168,39 @@ def test_a_super_resolution_skip_network_trains_on_crops_and_runs_in_the_pipelin
     assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
 
 
+@pytest.mark.slow
 def test_a_refinement_network_trains_on_defect_boxes_and_refines_in_the_pipeline(tiny_data, tmp_path):
     """A tiny completion network trained on 48-voxel boxes around each defect (``crop_at="defect"``) at 128 records how it
     was trained, validates on the defects' boxes, and runs in the super-resolution stage's place after a completion at 64:
     it refines (sees the defective skull on the finer grid in the box around the coarse implant) and the implant stays
     off the defective skull, on the CT's grid."""
+    result = train(_config(tiny_data, tmp_path / "box", resolution=128, skips=True, crop=48, crop_at="defect",
+                           steps=10, batch_size=2, val_every=10), progress=False)
+    info = read_info(result.model_path)
+    assert info.task == "completion" and info.training["crop"] == 48 and info.training["crop_at"] == "defect"
+    assert result.val_dsc is not None and 0 < result.val_dsc <= 1
+    done, defective = _after_a_known_completion(tiny_data, result.model_path, info)
+    stage = done.report["super_resolution"]
+    assert stage["refines"] and stage["from"] == 64 and stage["to"] == 128 and stage["box"] is not None
+    assert 0 < stage["input_points"] < np.asarray(defective.array, bool).sum()  # the defective skull's voxels in the box
+    assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
+
+
+def _after_a_known_completion(data, model_path, info):
+    """A generated case through ``complete_skull`` with the known complete skull as the completion at half ``info``'s
+    resolution and the model at ``model_path`` as the stage after it: the result and the defective skull."""
     from sparseskull.data.dataset import find_cases
     from sparseskull.data.io import read_mask
     from sparseskull.implant.options import CompleteOptions
     from sparseskull.implant.pipeline import complete_skull
     from sparseskull.implant.superres import SuperResolver
 
-    result = train(_config(tiny_data, tmp_path / "box", resolution=128, skips=True, crop=48, crop_at="defect",
-                           steps=10, batch_size=2, val_every=10), progress=False)
-    info = read_info(result.model_path)
-    assert info.task == "completion" and info.training["crop"] == 48 and info.training["crop_at"] == "defect"
-    assert result.val_dsc is not None and 0 < result.val_dsc <= 1
-    case = next(c for c in find_cases(tiny_data) if c.defective is not None)
+    case = next(c for c in find_cases(data) if c.defective is not None)
     defective, complete = read_mask(case.defective), read_mask(case.complete)
     completion = _KnownCompletion(complete, tuple(2 * s for s in info.spacing_mm))
-    refiner = SuperResolver(result.model_path)
-    refiner.check_feeds(completion.info)
-    done = complete_skull(defective, CompleteOptions(preview=False), completer=completion, super_resolver=refiner)
-    stage = done.report["super_resolution"]
-    assert stage["refines"] and stage["from"] == 64 and stage["to"] == 128 and stage["box"] is not None
-    assert 0 < stage["input_points"] < np.asarray(defective.array, bool).sum()  # the defective skull's voxels in the box
-    assert done.implant.same_grid(defective) and not (np.asarray(done.implant.array) & np.asarray(defective.array, bool)).any()
+    stage = SuperResolver(model_path)
+    stage.check_feeds(completion.info)
+    return complete_skull(defective, CompleteOptions(preview=False), completer=completion, super_resolver=stage), defective
 
 
 class _KnownCompletion:
