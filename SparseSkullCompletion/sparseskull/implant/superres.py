@@ -139,10 +139,9 @@ class SuperResolver:
                                      corner=GRID_MARGIN, max_points=POINT_CAP * len(ijk))
             except PointExplosionError as exc:
                 raise InputError(f"super-resolution with {self.name} stopped: {exc}") from None
-            if self.refines:  # completion's rule: the input plus what a quarter of the passes generate
-                fine_out[box] = given[box] | (votes >= pass_votes(self.passes))
-            else:
-                fine_out[box] = votes >= sr_votes(self.passes)
+            # a refiner keeps what a quarter of its passes generate (completion's rule; the input is kept below), a
+            # super-resolution model what half of them keep
+            fine_out[box] = votes >= (pass_votes(self.passes) if self.refines else sr_votes(self.passes))
         completed = fine_in | (fine_out & region)
         spacing = [round(float(f * v), 3) for f, v in zip(fine_factors, skull.spacing_mm)]
         info = {"model": self.name, "from": round(self.info.resolution * fine_factors[0] / grid.factors[0]), "to": self.info.resolution,
