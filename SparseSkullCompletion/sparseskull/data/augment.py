@@ -57,15 +57,21 @@ def augment(masks: list[np.ndarray], rng: np.random.Generator, aug: Augmentation
     shift = rng.integers(0, aug.shift + 1, 3) if aug.shift > 0 else np.zeros(3, dtype=np.int64)
 
     lo, hi = ijk.min(axis=0), ijk.max(axis=0) + 1
-    crops = [m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] for m in masks]
+    # the masks as the bits of one grid: one resampling for all of them (the rotation is most of a 256 training box's
+    # draw), and nearest-neighbour resampling copies a voxel's bits together, so the masks come out as they would alone
+    if len(masks) > 8:
+        raise ValueError(f"at most 8 masks are augmented together; got {len(masks)}")
+    packed = np.zeros(tuple(hi - lo), np.uint8)
+    for bit, m in enumerate(masks):
+        packed |= m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].view(np.uint8) << bit
     for ax in flips:  # mirror within the bounding box: the skull stays where it was
-        crops = [np.flip(c, axis=ax) for c in crops]
+        packed = np.flip(packed, axis=ax)
     if np.any(angles != 0):
-        crops = [np.pad(c, 1) for c in crops]  # samples a hair outside the last voxel still find it
+        packed = np.pad(packed, 1)  # samples a hair outside the last voxel still find it
         s = np.asarray(spacing, dtype=np.float64)
         r = _rotation(angles)
         m = np.diag(1 / s) @ r.T @ np.diag(s)  # output index -> input index, rotation in mm
-        size = np.array(crops[0].shape, dtype=np.float64)
+        size = np.array(packed.shape, dtype=np.float64)
         centre = (size - 1) / 2
         corners = np.array(np.meshgrid(*[[0, n - 1] for n in size], indexing="ij")).reshape(3, -1).T - centre
         reach = np.abs(np.linalg.inv(m) @ corners.T).max(axis=1)  # half-extent of the rotated box
@@ -73,7 +79,9 @@ def augment(masks: list[np.ndarray], rng: np.random.Generator, aug: Augmentation
         out_shape = tuple(int(n) + 2 * int(g) for n, g in zip(size, grow))
         out_centre = (np.array(out_shape) - 1) / 2
         offset = centre - m @ out_centre
-        crops = [ndimage.affine_transform(c.view(np.uint8), m, offset=offset, output_shape=out_shape, order=0, mode="constant") > 0 for c in crops]
-    coords = [np.argwhere(c) for c in crops]
-    corner = np.min([c.min(axis=0) for c in coords if len(c)], axis=0)  # the rotated box's own corner
+        packed = ndimage.affine_transform(packed, m, offset=offset, output_shape=out_shape, order=0, mode="constant")
+    ijk = np.argwhere(packed)
+    bits = packed[tuple(ijk.T)]
+    coords = [ijk[(bits >> bit) & 1 == 1] for bit in range(len(masks))]
+    corner = ijk.min(axis=0)  # the rotated box's own corner
     return [c - corner + shift for c in coords]
