@@ -64,6 +64,23 @@ def test_flip_mirrors_the_left_right_axis():
     assert kinds == {((0, 0, 0), (1, 0, 0), (7, 1, 1)), ((0, 1, 1), (6, 0, 0), (7, 0, 0))}
 
 
+
+def test_masks_resampled_together_do_not_mix():
+    """The masks travel as the bits of one grid through one resampling: reordering them (each gets another bit) or adding
+    an empty one changes no mask's coordinates, and a ninth mask is refused rather than lost."""
+    rng = np.random.default_rng(7)
+    masks = [rng.random((23, 17, 11)) < p for p in (0.5, 0.2, 0.05)]
+    aug = Augmentation(flip_axes=(0, 1), rotate_deg=12, shift=4)
+    for seed in range(4):
+        spacing = (0.5, 0.5, 1.0 + seed)
+        first = augment(masks, np.random.default_rng(seed), aug, spacing)
+        reordered = augment(masks[::-1] + [np.zeros_like(masks[0])], np.random.default_rng(seed), aug, spacing)
+        assert len(reordered[-1]) == 0
+        for a, b in zip(first, reordered[-2::-1]):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="at most 8"):
+        augment(masks * 3, np.random.default_rng(0), aug)
+
 def test_upsampling_is_the_inverse_of_the_block_grid():
     coarse = np.zeros((3, 3, 2), bool)
     coarse[1, 2, 1] = True
