@@ -3,6 +3,10 @@ model, loss and optimiser on real skulls (batches drawn before timing: data load
 
     python scripts/profile_step.py --data ../shared/data/autoimplant2020 --resolution 128 --model skullfix-skip-ch1-128
     python scripts/profile_step.py --data ../shared/data/autoimplant2020 --resolution 64
+    python scripts/profile_step.py --data ../shared/data/autoimplant2020 --resolution 256 --crop 128 --crop-at defect --steps 0
+
+It also prints how long drawing the batches took (augmentation, new defects, crops: what the loader's workers do each
+step); --steps 0 stops there.
 
 Without --model the network is an untrained ch1 skip network (it keeps more points than a trained one, so its steps
 are slower). The share of aten::mm and aten::addmm_ is the step's GEMM; the rest is what to cut.
@@ -32,9 +36,10 @@ def main() -> int:
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--sr-from", type=int, default=None, help="super-resolution: the coarse resolution (crops of --crop)")
     p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--crop-at", default="bone", choices=("bone", "defect"))
     p.add_argument("--model", default=None, help="a model's weights to start from (name or path)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=4, help="profiled steps, after one warm-up step")
+    p.add_argument("--steps", type=int, default=4, help="profiled steps, after one warm-up step (0: time the drawing only)")
     p.add_argument("--skulls", type=int, default=12, help="skulls to draw the batches from")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", type=int, default=20)
@@ -48,9 +53,15 @@ def main() -> int:
         torch.manual_seed(0)
         model = SparseCompletionNet("ch1", skips=True)
     model.train()
-    sampler = PairSampler(skulls, task, Augmentation(), crop=args.crop)
+    sampler = PairSampler(skulls, task, Augmentation(), crop=args.crop, crop_at=args.crop_at)
     rng = np.random.default_rng(0)
-    batches = [collate(sampler.batch(rng, args.batch_size)) for _ in range(args.steps + 1)]
+    t0 = time.perf_counter()
+    pairs = [sampler.batch(rng, args.batch_size) for _ in range(max(args.steps, 1) + 1)]
+    drawn = time.perf_counter() - t0
+    print(f"drawing {sum(map(len, pairs))} pairs: {drawn:.2f} s, {drawn / sum(map(len, pairs)):.3f} s a pair")
+    if args.steps == 0:
+        return 0
+    batches = [collate(b) for b in pairs]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
 
     def step(x, target):
