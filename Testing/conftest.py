@@ -9,11 +9,6 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers share the cores, one thread each (and their child processes)
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("SPARSESKULL_REAL_DATA", REPO.parent / "shared" / "data" / "autoimplant2020"))
