@@ -112,6 +112,28 @@ def test_sigterm_saves_and_resume_continues_exactly(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_keeps_the_runs_validation_passes_unless_given(tiny_data, tmp_path):
+    """A run started with --val-passes 3 and resumed without the option still validates over 3 passes (its curve stays
+    one kind of figure); --val-passes on the resume changes it; a new run without it gets the default."""
+    import argparse
+
+    from sparseskull.training.loop import add_arguments, config_from_args
+
+    out = tmp_path / "run"
+    assert main(["--data", str(tiny_data), "--out", str(out), "--steps", "1", "--batch-size", "1", "--validation", "1", "--val-every",
+                 "1000", "--val-passes", "3", "--threads", "1", "--no-progress"]) == 0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def passes(*argv):
+        return config_from_args(parser.parse_args(list(argv)))[0].val_passes
+
+    assert passes("--resume", str(out)) == 3
+    assert passes("--resume", str(out), "--val-passes", "5") == 5
+    assert passes("--data", str(tiny_data), "--out", str(tmp_path / "new")) == TrainConfig("", "").val_passes == 1
+
+
+@pytest.mark.slow
 def test_damaged_or_foreign_checkpoints_are_refused(tiny_data, tmp_path, capsys):
     config = _config(tiny_data, tmp_path / "run", steps=2)
     train(config, progress=False)
