@@ -64,7 +64,6 @@ def test_flip_mirrors_the_left_right_axis():
     assert kinds == {((0, 0, 0), (1, 0, 0), (7, 1, 1)), ((0, 1, 1), (6, 0, 0), (7, 0, 0))}
 
 
-
 def test_masks_resampled_together_do_not_mix():
     """The masks travel as the bits of one grid through one resampling: reordering them (each gets another bit) or adding
     an empty one changes no mask's coordinates, and a ninth mask is refused rather than lost."""
@@ -80,6 +79,7 @@ def test_masks_resampled_together_do_not_mix():
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="at most 8"):
         augment(masks * 3, np.random.default_rng(0), aug)
+
 
 def test_upsampling_is_the_inverse_of_the_block_grid():
     coarse = np.zeros((3, 3, 2), bool)

@@ -742,7 +742,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--validation", type=float, default=d.validation, help="held-out skulls: fraction (<1) or count")
     p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--val-passes", type=int, default=None, help="network passes the validation votes over, as the pipeline's "
+    p.add_argument("--val-passes", type=int, default=argparse.SUPPRESS, help="network passes the validation votes over, as the pipeline's "
                    f"--passes (default {d.val_passes}, or the resumed run's own; 8: the figure `sparseskull complete` sees, 8 times the "
                    "validation's time)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -777,15 +777,14 @@ def config_from_args(args) -> tuple[TrainConfig, bool]:
         state = load_checkpoint(Path(args.resume) / "checkpoint.pt")
         saved = json.loads(state["config"])
         saved.update(out=args.resume, device=args.device, workers=args.workers, threads=args.threads)
-        if args.val_passes is not None:  # else the run's own: its validation figures stay comparable along its curve
+        if hasattr(args, "val_passes"):  # else the run's own: its validation figures stay comparable along its curve
             saved["val_passes"] = args.val_passes
         if args.data:
             saved["data"] = args.data
         return TrainConfig.from_dict(saved), True
     if not args.data or not args.out:
         raise ValueError("give --data and --out (or --resume DIR)")
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    config = TrainConfig(**{k: v for k, v in given.items() if not (k == "val_passes" and v is None)})
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
     return config, False
 
 
