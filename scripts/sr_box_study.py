@@ -1,10 +1,11 @@
 """The super-resolution stage on the whole skull against boxes around the implant's region: seconds and implant DSC.
 
     python scripts/sr_box_study.py --data <SkullFix> --cases 000 001 002 004 008 009 --margins whole 32 16
+    python scripts/sr_box_study.py --data <SkullFix> --cases ... --model skullfix-skip-ch2-128 --super-resolution <a refiner> --margins 16 48
 
 Runs the default pair (completion, then super-resolution; the default passes) through the pipeline once per margin
 (`SuperResolver(box_margin=...)`, `whole` for the whole skull), the completion step's output shared, and prints per
-case and margin the stage's seconds, the implant's DSC against the case's true implant and its voxel count, then the
+case and margin the stage's seconds, the implant's DSC against the case's true implant, its voxel count and the truth's, then the
 means. Choose on training skulls (the ids not in the validation split) so that the validation split stays a check.
 """
 
@@ -31,15 +32,23 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--cases", nargs="+", required=True)
     p.add_argument("--margins", nargs="+", default=["whole", "32", "16"], help="fine voxels of context, or 'whole'")
+    p.add_argument("--model", help="a completion model (default: the default pair's); give --super-resolution with it")
+    p.add_argument("--super-resolution", help="the stage's model: super-resolution or a refining completion model at 256")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args()
     options = CompleteOptions(preview=False)
-    pair = find_pair(options.model)
-    if pair is None:
-        raise SystemExit(f"{options.model} is not a pair: there is no super-resolution stage to study")
-    completer = NetworkCompleter(pair.completion, passes=options.passes)
+    if a.model:
+        if not a.super_resolution:
+            raise SystemExit("--model needs --super-resolution: the stage to study")
+        completion, stage = a.model, a.super_resolution
+    else:
+        pair = find_pair(options.model)
+        if pair is None:
+            raise SystemExit(f"{options.model} is not a pair: there is no super-resolution stage to study")
+        completion, stage = pair.completion, a.super_resolution or pair.super_resolution
+    completer = NetworkCompleter(completion, passes=options.passes)
     margins = [None if m == "whole" else int(m) for m in a.margins]
-    resolvers = {m: SuperResolver(pair.super_resolution, passes=options.passes, box_margin=m) for m in margins}
+    resolvers = {m: SuperResolver(stage, passes=options.passes, box_margin=m) for m in margins}
     cases = {c.case_id: c for c in find_cases(a.data)}
     rows = []
     for case_id in a.cases:
@@ -51,7 +60,7 @@ def main() -> None:
             result = complete_skull(defective, options, completer=completion, super_resolver=resolvers[m])
             implant = np.asarray(result.implant.array, bool)
             row = {"case": case_id, "margin": "whole" if m is None else m, "seconds": result.report["seconds"]["super-resolution"],
-                   "implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum())}
+                   "implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum()), "truth_voxels": int(truth.sum())}
             rows.append(row)
             print(row, flush=True)
     for m in margins:
