@@ -181,6 +181,8 @@ def main() -> int:
     p.add_argument("--reserve", type=float, default=60, help="seconds kept for validation, export and packing")
     a = p.parse_args()
     lease = Lease(a.budget, a.out, a.work)
+    probe = "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
+    lease.say("PyTorch and device:", subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip())  # for the card
     if a.time_case:
         cmd = [sys.executable, str(HERE / "time_pipeline.py"), "time", str(a.time_case), "--device", a.device, "--no-mesh",
                "--json", str(a.out / "timing.json")]
