@@ -5,8 +5,10 @@
 
 Runs the default pair (completion, then super-resolution; the default passes) through the pipeline once per margin
 (`SuperResolver(box_margin=...)`, `whole` for the whole skull), the completion step's output shared, and prints per
-case and margin the stage's seconds, the implant's DSC against the case's true implant, its voxel count and the truth's, then the
-means. Choose on training skulls (the ids not in the validation split) so that the validation split stays a check.
+case and margin the stage's seconds, the implant's DSC against the case's true implant, its voxel count and the truth's,
+then the means. It also scores the implant as the stage hands it on, before the cleaning (the pipeline's own
+``to_ct_grid`` of the stage's output): its DSC, the share of it that is true implant (precision), the share of the
+true implant it covers (coverage), and the share of the truth the cleaning then drops. Choose on training skulls (the ids not in the validation split) so that the validation split stays a check.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sparseskull.data.dataset import find_cases
 from sparseskull.data.io import read_mask
 from sparseskull.evaluation.evaluate import Remembered
 from sparseskull.evaluation.metrics import dice
+from sparseskull.implant.grid import to_ct_grid
 from sparseskull.implant.network import NetworkCompleter
 from sparseskull.implant.options import CompleteOptions
 from sparseskull.implant.pipeline import complete_skull
@@ -40,13 +43,13 @@ def main() -> None:
     if a.model:
         if not a.super_resolution:
             raise SystemExit("--model needs --super-resolution: the stage to study")
-        completion, stage = a.model, a.super_resolution
+        completion_model, stage = a.model, a.super_resolution
     else:
         pair = find_pair(options.model)
         if pair is None:
             raise SystemExit(f"{options.model} is not a pair: there is no super-resolution stage to study")
-        completion, stage = pair.completion, a.super_resolution or pair.super_resolution
-    completer = NetworkCompleter(completion, passes=options.passes)
+        completion_model, stage = pair.completion, a.super_resolution or pair.super_resolution
+    completer = NetworkCompleter(completion_model, passes=options.passes)
     margins = [None if m == "whole" else int(m) for m in a.margins]
     resolvers = {m: SuperResolver(stage, passes=options.passes, box_margin=m) for m in margins}
     cases = {c.case_id: c for c in find_cases(a.data)}
@@ -57,10 +60,16 @@ def main() -> None:
         defective = read_mask(case.defective)
         completion = Remembered(completer)  # the completion network once per case: only the stage differs
         for m in margins:
-            result = complete_skull(defective, options, completer=completion, super_resolver=resolvers[m])
+            resolver = Remembered(resolvers[m])  # keeps the stage's output (``last``) for the implant before cleaning
+            result = complete_skull(defective, options, completer=completion, super_resolver=resolver)
             implant = np.asarray(result.implant.array, bool)
+            raw = to_ct_grid(*resolver.last[1][:3], result.defective)  # as the pipeline's "CT grid" step makes it
+            hit = int((raw & truth).sum())
             row = {"case": case_id, "margin": "whole" if m is None else m, "seconds": result.report["seconds"]["super-resolution"],
-                   "implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum()), "truth_voxels": int(truth.sum())}
+                   "implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum()), "truth_voxels": int(truth.sum()),
+                   "raw_dsc": round(float(dice(raw, truth)), 4), "raw_voxels": int(raw.sum()),
+                   "raw_precision": round(hit / max(1, int(raw.sum())), 3), "raw_coverage": round(hit / max(1, int(truth.sum())), 3),
+                   "truth_lost_by_cleaning": round(int((raw & truth & ~implant).sum()) / max(1, int(truth.sum())), 3)}
             rows.append(row)
             print(row, flush=True)
     for m in margins:
