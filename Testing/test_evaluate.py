@@ -82,7 +82,8 @@ def test_evaluate_command_on_generated_skulls(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_evaluate_takes_the_super_resolution_stage_as_complete_does(tiny_data, tmp_path):
     """`--super-resolution none` scores the completion model alone, as `complete --super-resolution none` runs it; a name
-    puts that model after the completion model (here the default pair's own, named explicitly)."""
+    puts that model after the completion model (here the default pair's own, named explicitly). One pass: only the
+    stage's wiring is tested here."""
     exe = shutil.which("sparseskull")
     pair = find_pair(default_model_name())
     if pair is None:
@@ -90,7 +91,7 @@ def test_evaluate_takes_the_super_resolution_stage_as_complete_does(tiny_data, t
     for stage, name in (("none", pair.completion), (pair.super_resolution, f"{pair.completion} + {pair.super_resolution}")):
         summary_file = tmp_path / f"{stage}.json"
         run = subprocess.run([exe, "evaluate", "--data", str(tiny_data), "--out", str(tmp_path / stage), "--limit", "1", "--pictures", "0",
-                              "--model", pair.completion, "--super-resolution", stage, "--json", str(summary_file)],
+                              "--passes", "1", "--model", pair.completion, "--super-resolution", stage, "--json", str(summary_file)],
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         assert json.loads(summary_file.read_text())["model"] == name

@@ -237,9 +237,8 @@ def bench_train(resolutions=(64, 128, 256), backends=("torch",), steps: int = 5,
     from sparseskull.data.augment import Augmentation, augment
     from sparseskull.data.resample import downsample_to
     from sparseskull.data.synth.defects import cut_random_defect
-    from sparseskull.data.synth.skull import generate_skull
 
-    skull = generate_skull(seed)
+    skull = _generated_skull(seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for res in resolutions:
@@ -386,14 +385,21 @@ def _skull_pair(case, resolution: int, seed: int):
 
 
 @functools.lru_cache(maxsize=1)
+def _generated_skull(seed: int):
+    """The generated skull at 512^2 x Z the benchmarks run on, made once per seed (7 s) for every benchmark in a process."""
+    from sparseskull.data.synth.skull import generate_skull
+
+    return generate_skull(seed)
+
+
+@functools.lru_cache(maxsize=1)
 def _generated_pair(seed: int):
-    """A generated skull and its defective copy at 512^2 x Z, made once per seed (7 s) for every resolution and run."""
+    """A generated skull and its defective copy at 512^2 x Z, made once per seed for every resolution and run."""
     import numpy as np
 
     from sparseskull.data.synth.defects import cut_random_defect
-    from sparseskull.data.synth.skull import generate_skull
 
-    complete = generate_skull(seed).mask
+    complete = _generated_skull(seed).mask
     return complete, cut_random_defect(complete, "parietotemporal", np.random.default_rng(0)).defective
 
 
