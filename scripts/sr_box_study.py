@@ -30,6 +30,18 @@ from sparseskull.implant.superres import SuperResolver
 from sparseskull.nets.catalogue import find_pair
 
 
+def stage_scores(result, stage: Remembered, truth: np.ndarray) -> dict:
+    """A pipeline run's implant against the true one, and the stage's implant before the cleaning (``stage``: the
+    Remembered stage of that run; its output put on the CT grid as the pipeline's "CT grid" step does)."""
+    implant = np.asarray(result.implant.array, bool)
+    raw = to_ct_grid(*stage.last[1][:3], result.defective)
+    hit, n_truth = int((raw & truth).sum()), max(1, int(truth.sum()))
+    return {"implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum()), "truth_voxels": int(truth.sum()),
+            "raw_dsc": round(float(dice(raw, truth)), 4), "raw_voxels": int(raw.sum()),
+            "raw_precision": round(hit / max(1, int(raw.sum())), 3), "raw_coverage": round(hit / n_truth, 3),
+            "truth_lost_by_cleaning": round(int((raw & truth & ~implant).sum()) / n_truth, 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
@@ -62,14 +74,8 @@ def main() -> None:
         for m in margins:
             resolver = Remembered(resolvers[m])  # keeps the stage's output (``last``) for the implant before cleaning
             result = complete_skull(defective, options, completer=completion, super_resolver=resolver)
-            implant = np.asarray(result.implant.array, bool)
-            raw = to_ct_grid(*resolver.last[1][:3], result.defective)  # as the pipeline's "CT grid" step makes it
-            hit = int((raw & truth).sum())
             row = {"case": case_id, "margin": "whole" if m is None else m, "seconds": result.report["seconds"]["super-resolution"],
-                   "implant_dsc": round(float(dice(implant, truth)), 4), "voxels": int(implant.sum()), "truth_voxels": int(truth.sum()),
-                   "raw_dsc": round(float(dice(raw, truth)), 4), "raw_voxels": int(raw.sum()),
-                   "raw_precision": round(hit / max(1, int(raw.sum())), 3), "raw_coverage": round(hit / max(1, int(truth.sum())), 3),
-                   "truth_lost_by_cleaning": round(int((raw & truth & ~implant).sum()) / max(1, int(truth.sum())), 3)}
+                   **stage_scores(result, resolver, truth)}
             rows.append(row)
             print(row, flush=True)
     for m in margins:

@@ -22,13 +22,12 @@ import sparseskull.implant.superres as superres
 from sparseskull.data.dataset import find_cases
 from sparseskull.data.io import read_mask
 from sparseskull.evaluation.evaluate import Remembered
-from sparseskull.evaluation.metrics import dice
-from sparseskull.implant.grid import to_ct_grid
 from sparseskull.implant.network import NetworkCompleter
 from sparseskull.implant.options import CompleteOptions
 from sparseskull.implant.pipeline import complete_skull
 from sparseskull.implant.superres import SuperResolver, sr_votes
 from sparseskull.nets.catalogue import find_pair
+from sr_box_study import stage_scores  # scripts/ is on the path of a script run from it
 
 PASSES = 8
 RULES = {  # s: super-resolution votes, r: refiner votes, each of PASSES passes
@@ -94,11 +93,7 @@ def main() -> None:
             votes.decided = (rule(s, r) * PASSES).astype(np.uint8)
             stage = Remembered(sr)  # a super-resolution stage keeps what sr_votes(PASSES) of the (decided) votes keep
             result = complete_skull(defective, options, completer=completion, super_resolver=stage)
-            implant = np.asarray(result.implant.array, bool)
-            raw = to_ct_grid(*stage.last[1][:3], result.defective)
-            hit = int((raw & truth).sum())
-            row = {"case": case_id, "rule": name, "implant_dsc": round(float(dice(implant, truth)), 4), "raw_dsc": round(float(dice(raw, truth)), 4),
-                   "raw_precision": round(hit / max(1, int(raw.sum())), 3), "raw_coverage": round(hit / max(1, int(truth.sum())), 3)}
+            row = {"case": case_id, "rule": name, **stage_scores(result, stage, truth)}
             rows.append(row)
             print(row, flush=True)
     print(f"means over {len(a.cases)} cases: implant DSC, before cleaning DSC / precision / coverage")
