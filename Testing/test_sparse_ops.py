@@ -174,6 +174,42 @@ def test_fused_inference_block_matches_dense_conv_norm_elu(case, k, stride):
         assert_close(block(x).feats, ref)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_trains_as_dense_batch_norm_and_tracks_the_variance_it_normalises_with(momentum):
+    """Training mode normalises, and back-propagates, as a dense float64 ``nn.BatchNorm1d`` over the points; the
+    running mean follows it, and the running variance follows the biased variance the training used (the dense
+    layer's is n / (n - 1) times larger). So after enough steps on one batch of 4 points, as the deepest level of one
+    skull at 64 holds, eval mode gives what training mode gave; with the dense layer's statistics it does not."""
+    from sparseskull.sparse.nn import SparseBatchNorm
+
+    torch.manual_seed(5)
+    feats = torch.randn(4, 3, dtype=D) * torch.tensor([1.0, 3.0, 0.2], dtype=D) + torch.tensor([0.5, -2.0, 4.0], dtype=D)
+    x = leaf(SparseTensor.from_coords(torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 2, 1], [0, 3, 3, 3]]), feats))
+    feats = x.feats.detach()
+    norm, ref = SparseBatchNorm(3, momentum=momentum).to(D), torch.nn.BatchNorm1d(3, momentum=momentum).to(D)
+    for m in (norm, ref):
+        m.weight.data.copy_(torch.tensor([0.5, 1.5, -1.0]))
+        m.bias.data.copy_(torch.tensor([0.1, -0.3, 0.7]))
+    x_ref = feats.clone().requires_grad_(True)
+    y, y_ref = norm(x), ref(x_ref)
+    assert_close(y.feats, y_ref)
+    (y.feats * torch.arange(12, dtype=D).reshape(4, 3)).sum().backward()
+    (y_ref * torch.arange(12, dtype=D).reshape(4, 3)).sum().backward()
+    assert_close(x.feats.grad, x_ref.grad)
+    assert_close(norm.weight.grad, ref.weight.grad)
+    assert_close(norm.bias.grad, ref.bias.grad)
+    assert_close(norm.running_mean, ref.running_mean)
+    assert_close(norm.running_var, ref.running_var - (0.1 if momentum else 1.0) * feats.var(0, correction=1) / 4)  # n / (n - 1) = 4 / 3
+    with torch.no_grad():
+        for _ in range(400):
+            norm(x), ref(x_ref)
+        train_out = norm(x).feats
+        norm.eval(), ref.eval()
+        assert_close(norm(x).feats, train_out)
+        assert not torch.allclose(ref(x_ref), train_out, atol=1e-3)
+    assert_close(norm.running_var, feats.var(0, correction=0))
+
+
 def test_empty_tensor_passes_through_every_op():
     x = SparseTensor.from_coords(torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0, 3, dtype=D), stride=2)
     weight = torch.randn(27, 3, 2, dtype=D, requires_grad=True)

@@ -60,7 +60,9 @@ def test_overfits_one_skull_at_64_to_dsc_095_within_two_minutes(one_skull_64, tm
     assert info.resolution == 64 and info.input_resolution == 64 and info.channels == (8, 8, 16, 16, 32, 32, 64)
     assert info.spacing_mm is not None and info.spacing_mm[0] > 3  # 64^2 grid: about 8x the CT's spacing
     assert info.metrics["val_dsc"] == pytest.approx(result.val_dsc)
-    assert info.metrics["val_implant_dsc"] > 0.5 and info.metrics["val_dsc"] > info.metrics["val_input_dsc"]  # the defect was learned (implant 0.69 measured)
+    # the defect was learned, and the exported network (running statistics) gives what training fitted: implant 1.0 measured
+    # (0.63 to 0.69 before the batch norms tracked the variance they normalise with, from 0.84 at step 150 on one machine)
+    assert info.metrics["val_implant_dsc"] > 0.9 and info.metrics["val_dsc"] > info.metrics["val_input_dsc"]
     # the network's own output, without the input's voxels added, is the complete skull
     from sparseskull.data.pairs import PairSampler, collate, dice_by_batch, load_skulls
 
