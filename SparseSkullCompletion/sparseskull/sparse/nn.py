@@ -69,20 +69,19 @@ class SparseBatchNorm(nn.BatchNorm1d):
             feats = super().forward(feats)
         elif feats.shape[0] <= 1:
             feats = nn.functional.batch_norm(feats, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        else:
+        else:  # batch statistics; their biased variance comes back as 1 / sqrt(var + eps), so no second pass reads the features
+            feats, mean, invstd = torch.native_batch_norm(feats, self.weight, self.bias, None, None, True, 0.0, self.eps)
             if self.track_running_stats:
-                self._track(feats.detach())
-            feats = nn.functional.batch_norm(feats, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                self._track(mean.detach(), (invstd.detach().double().pow(-2) - self.eps).clamp_min(0.0))
         return ops.with_features(x, feats)
 
     @torch.no_grad()
-    def _track(self, feats: torch.Tensor) -> None:
+    def _track(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Move the running mean and (biased) variance towards this batch's, as ``nn.BatchNorm1d`` moves them."""
         self.num_batches_tracked += 1
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        var, mean = torch.var_mean(feats.to(self.running_var.dtype), dim=0, correction=0)
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(var, momentum)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(var.to(self.running_var.dtype), momentum)
 
 
 class SparseActivation(nn.Module):
