@@ -1,7 +1,8 @@
-"""Recompute a completion model's batch-norm running statistics over its own training skulls: each norm's mean and biased
+"""Recompute a model's batch-norm running statistics over its own training skulls: each norm's mean and biased
 variance averaged over batches drawn as its training drew them (augmentation and new defects from its record), in
 place of the moving averages training left ("precise BN", Wu and Johnson 2021). The question it answers: do a model's
-running statistics cost it accuracy? Score the result with scripts/class_study.py beside the original.
+running statistics cost it accuracy? Score the result beside the original: a completion model with scripts/class_study.py,
+a super-resolution model with `sparseskull evaluate --model <it>` (boxes of its training crop, as it was trained).
 
     python scripts/recompute_norms.py skullfix-skip-ch2-128 --data ../shared/data/autoimplant2020 --out recomputed.safetensors
 
@@ -25,7 +26,7 @@ from sparseskull.sparse.nn import SparseBatchNorm
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="a shipped model's name or a .safetensors path (completion)")
+    p.add_argument("model", help="a shipped model's name or a .safetensors path (completion or super-resolution)")
     p.add_argument("--data", required=True, help="the data set it was trained on; its validation skulls are left out")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batches", type=int, default=30)
@@ -34,12 +35,13 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model, info = load_model(resolve_model(a.model), task="completion")
+    model, info = load_model(resolve_model(a.model))
     record, val = info.training, set(info.training.get("val_case_ids") or [])
     aug = record["augmentation"]
-    skulls = [s for s in load_skulls(a.data, info.resolution) if s.case_id not in val]
-    sampler = PairSampler(skulls, "completion", Augmentation(tuple(aug["flip_axes"]), aug["rotate_deg"], aug["shift"]),
-                          tuple(aug["classes"]), aug["new_defects"])
+    sr_from = info.input_resolution if info.task == "super-resolution" else None
+    skulls = [s for s in load_skulls(a.data, info.resolution, sr_from=sr_from) if s.case_id not in val]
+    sampler = PairSampler(skulls, info.task, Augmentation(tuple(aug["flip_axes"]), aug["rotate_deg"], aug["shift"]),
+                          tuple(aug["classes"]), aug["new_defects"], crop=record.get("crop"), crop_at=record.get("crop_at", "bone"))
     norms = [m for m in model.modules() if isinstance(m, SparseBatchNorm)]
     sums: dict[SparseBatchNorm, list] = {m: [0, 0.0, 0.0, []] for m in norms}
     before = {m: m.running_var.double().mean().item() for m in norms}  # training mode moves them; compare with these
