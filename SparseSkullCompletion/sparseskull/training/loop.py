@@ -245,6 +245,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
 class Dist:
     rank: int = 0
     world: int = 1
+    opened_group: bool = False  # this run opened the process group, so it closes it
 
     @property
     def main(self) -> bool:
@@ -258,27 +259,22 @@ def init_distributed(device: torch.device) -> Dist:
         return Dist()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    opened = not dist.is_initialized()
+    if opened:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), opened)
 
 
-def _distributed_initialized() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def _leave_distributed(dist_info: Dist, owns_group: bool) -> None:
+def _leave_distributed(dist_info: Dist) -> None:
     """Every process waits for rank 0's export, then the process group this run opened is closed. A process that
     left while rank 0 still exported was killed at exit by gloo's threads (SIGABRT, "terminate called without an active
-    exception"), and torchrun then stopped rank 0 before it wrote the model: 2 of 12 runs on a 2-core CPU."""
+    exception"), and torchrun then stopped rank 0 before it wrote the model: 3 of 24 runs on a 2-core CPU."""
     if dist_info.world == 1:
         return
     import torch.distributed as dist
 
     dist.barrier()
-    if owns_group:
+    if dist_info.opened_group:
         dist.destroy_process_group()
 
 
@@ -490,7 +486,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     device = pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    owns_group = not _distributed_initialized()
     dist_info = init_distributed(device)
     if dist_info.world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist_info.rank)))
@@ -630,7 +625,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         if finished:
             model_path = export(model, config, out / "model.safetensors", train_skulls, val_skulls, history, val, device, skipped=skipped)
         status("done" if finished else "interrupted", step, loss_value, val)
-    _leave_distributed(dist_info, owns_group)
+    _leave_distributed(dist_info)
     return TrainResult(out, step, finished, val, history["best_val_dsc"], history["seconds"], model_path, stopped_by)
 
 
