@@ -30,6 +30,14 @@ from sparseskull.implant.superres import SuperResolver
 from sparseskull.nets.catalogue import find_pair
 
 
+def read_cases(data, case_ids):
+    """Each of ``case_ids`` of a SkullFix-layout folder: its id, true implant (a bool array) and defective skull."""
+    cases = {c.case_id: c for c in find_cases(data)}
+    for case_id in case_ids:
+        case = cases[case_id]
+        yield case_id, np.asarray(read_mask(case.implant).array, bool), read_mask(case.defective)
+
+
 def stage_scores(result, stage: Remembered, truth: np.ndarray) -> dict:
     """A pipeline run's implant against the true one, and the stage's implant before the cleaning (``stage``: the
     Remembered stage of that run; its output put on the CT grid as the pipeline's "CT grid" step does)."""
@@ -64,12 +72,8 @@ def main() -> None:
     completer = NetworkCompleter(completion_model, passes=options.passes)
     margins = [None if m == "whole" else int(m) for m in a.margins]
     resolvers = {m: SuperResolver(stage, passes=options.passes, box_margin=m) for m in margins}
-    cases = {c.case_id: c for c in find_cases(a.data)}
     rows = []
-    for case_id in a.cases:
-        case = cases[case_id]
-        truth = np.asarray(read_mask(case.implant).array, bool)
-        defective = read_mask(case.defective)
+    for case_id, truth, defective in read_cases(a.data, a.cases):
         completion = Remembered(completer)  # the completion network once per case: only the stage differs
         for m in margins:
             resolver = Remembered(resolvers[m])  # keeps the stage's output (``last``) for the implant before cleaning

@@ -19,15 +19,13 @@ import statistics
 
 import numpy as np
 import sparseskull.implant.superres as superres
-from sparseskull.data.dataset import find_cases
-from sparseskull.data.io import read_mask
 from sparseskull.evaluation.evaluate import Remembered
 from sparseskull.implant.network import NetworkCompleter
 from sparseskull.implant.options import CompleteOptions
 from sparseskull.implant.pipeline import complete_skull
 from sparseskull.implant.superres import SuperResolver, sr_votes
 from sparseskull.nets.catalogue import find_pair
-from sr_box_study import stage_scores  # scripts/ is on the path of a script run from it
+from sr_box_study import read_cases, stage_scores  # scripts/ is on the path of a script run from it
 
 PASSES = 8
 RULES = {  # s: super-resolution votes, r: refiner votes, each of PASSES passes
@@ -76,12 +74,8 @@ def main() -> None:
         raise SystemExit(f"{a.refiner} is not a refining completion model")
     votes = Votes(superres.voted_points)
     superres.voted_points = votes
-    cases = {c.case_id: c for c in find_cases(a.data)}
     rows = []
-    for case_id in a.cases:
-        case = cases[case_id]
-        truth = np.asarray(read_mask(case.implant).array, bool)
-        defective = read_mask(case.defective)
+    for case_id, truth, defective in read_cases(a.data, a.cases):
         completion = Remembered(completer)
         votes.decided = None
         complete_skull(defective, options, completer=completion, super_resolver=sr)
